@@ -1,0 +1,172 @@
+"""Data: CIFAR-10 (and TinyImagenet) as uint8 tensors, subsets and batched augmentation.
+
+The CIFAR-10 cache is one ``.npz`` per split with ``images`` (N, 32, 32, 3) uint8 HWC RGB,
+``labels`` (N,) int64 and ``classes`` (10 names). The data folder comes from an explicit
+argument, else the ``CODA_DATA`` environment variable, else ``data/`` in the project. If the
+cache is missing, :func:`load_cifar10` downloads the original release with torchvision
+(``download=True``) and writes the cache; without a network it fails with a message that
+says where to put the files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A labelled image set held in memory.
+
+    images : (N, 3, H, W) uint8; labels : (N,) int64; classes : class names by label.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, index: torch.Tensor | slice) -> ImageDataset:
+        return ImageDataset(self.images[index], self.labels[index], self.classes)
+
+    def first(self, n: int) -> ImageDataset:
+        """The first ``n`` examples (the offline copy is shuffled, so close to class-balanced)."""
+        return self.subset(slice(0, n))
+
+    def per_class(self, n: int) -> ImageDataset:
+        """The first ``n`` examples of every class, in dataset order."""
+        keep = torch.zeros(len(self), dtype=torch.bool)
+        for c in range(len(self.classes)):
+            keep[torch.nonzero(self.labels == c).flatten()[:n]] = True
+        return self.subset(keep)
+
+    def float_images(self, index=slice(None), device: torch.device | str | None = None) -> torch.Tensor:
+        """Images ``index`` as float32 in [0, 1], (n, 3, H, W), on ``device``."""
+        return to_float(self.images[index].to(device))
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]."""
+    return images.float().div_(255)
+
+
+def data_dir(path: str | os.PathLike | None = None) -> Path:
+    """The data folder: ``path``, else ``$CODA_DATA``, else ``data/`` in the project."""
+    if path is not None:
+        return Path(path)
+    if os.environ.get("CODA_DATA"):
+        return Path(os.environ["CODA_DATA"])
+    return PROJECT_ROOT / "data"
+
+
+def load_cifar10(split: str = "train", root: str | os.PathLike | None = None, download: bool = True) -> ImageDataset:
+    """CIFAR-10 ``split`` ("train" or "test") from ``<root>/cifar10/<split>.npz``.
+
+    If the cache is absent and ``download`` is true, torchvision downloads the original
+    release into ``<root>/cifar10/`` and the cache is written from it.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    folder = data_dir(root) / "cifar10"
+    path = folder / f"{split}.npz"
+    if not path.exists():
+        if not download:
+            raise FileNotFoundError(_missing_message(path))
+        _download_cifar10(folder, split)
+    with np.load(path) as f:
+        images = torch.from_numpy(f["images"]).permute(0, 3, 1, 2).contiguous()
+        labels = torch.from_numpy(f["labels"]).long()
+        classes = tuple(str(c) for c in f["classes"]) if "classes" in f else CIFAR10_CLASSES
+    return ImageDataset(images, labels, classes)
+
+
+def _missing_message(path: Path) -> str:
+    return (
+        f"CIFAR-10 cache {path} not found. Either allow the download (network needed), or put "
+        f"train.npz and test.npz (keys images (N,32,32,3) uint8, labels, classes) in "
+        f"{path.parent}, or point CODA_DATA at a folder that has cifar10/ inside."
+    )
+
+
+def _download_cifar10(folder: Path, split: str) -> None:
+    """Download the original release with torchvision and write ``<split>.npz`` atomically."""
+    import torchvision  # only needed here
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        ds = torchvision.datasets.CIFAR10(str(folder / "raw"), train=split == "train", download=True)
+    except Exception as err:  # no network, server down, ...
+        raise FileNotFoundError(_missing_message(folder / f"{split}.npz") + f" (download failed: {err})") from err
+    path = folder / f"{split}.npz"
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, images=ds.data, labels=np.asarray(ds.targets, dtype=np.int64), classes=np.array(ds.classes))
+    os.replace(tmp, path)
+
+
+def load_tinyimagenet(root: str | os.PathLike, split: str = "train") -> ImageDataset:
+    """TinyImagenet from its official folder layout (``tiny-imagenet-200``).
+
+    ``train/<wnid>/images/*.JPEG`` for training, ``val/images`` with
+    ``val/val_annotations.txt`` for validation; ``wnids.txt`` fixes the label order and
+    ``words.txt`` (if present) gives readable class names. Images are 64x64 RGB.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    wnids_file = root / "wnids.txt"
+    if not wnids_file.exists():
+        raise FileNotFoundError(f"{wnids_file} not found: expected the official tiny-imagenet-200 layout")
+    wnids = wnids_file.read_text().split()
+    index = {w: i for i, w in enumerate(wnids)}
+    names = dict(line.split("\t", 1) for line in (root / "words.txt").read_text().splitlines() if "\t" in line) if (root / "words.txt").exists() else {}
+    if split == "train":
+        files = [(p, index[w]) for w in wnids for p in sorted((root / "train" / w / "images").glob("*.JPEG"))]
+    else:
+        rows = [line.split("\t") for line in (root / "val" / "val_annotations.txt").read_text().splitlines() if line]
+        files = [(root / "val" / "images" / r[0], index[r[1]]) for r in rows]
+    if not files:
+        raise FileNotFoundError(f"no images found for split {split!r} under {root}")
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in files])
+    labels = torch.tensor([y for _, y in files], dtype=torch.long)
+    classes = tuple(names.get(w, w).split(",")[0].strip() for w in wnids)
+    return ImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, classes)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """The paper's augmentation on a batch: random crop with zero padding, horizontal flip.
+
+    images : (B, C, H, W), any dtype, on any device; ``generator`` on the same device.
+    Returns a new (B, C, H, W) tensor; the same generator state gives the same result.
+    """
+    b, c, h, w = images.shape
+    dev = images.device
+    padded = F.pad(images, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
+    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
+    flip = torch.rand(b, generator=generator, device=dev) < 0.5
+    rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(w, device=dev))
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
+    batch = torch.arange(b, device=dev)[:, None, None, None]
+    chan = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[batch, chan, rows, cols]

@@ -1,0 +1,278 @@
+"""CoDA-Nets: stacks of CoDA layers with sum pooling, a temperature and a logit bias.
+
+    logit_c = (sum over positions of a_L[c]) / T + b0,      a_L = CoDA_L(... CoDA_1([x, 1-x]))
+
+``build_model(name, **overrides)`` builds the paper's configurations ("cifar10-9L-S",
+"imagenet100-9L-L"), small CPU configurations, and hybrids whose first layers are a
+conventional CNN stem (``stem_depth``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from coda.layers import CoDAConv2d
+
+LOGIT_BIAS = math.log(0.1 / 0.9)  # = -log 9: sigmoid(b0) = 0.1, the prior of one of 10 classes
+
+
+@dataclasses.dataclass(frozen=True)
+class CoDANetConfig:
+    """Architecture and output scaling of a CoDA-Net (names as in the paper).
+
+    Layer ``i`` has ``channels[i]`` DAUs of kernel ``kernel_sizes[i]``, stride ``strides[i]``,
+    padding ``(k - 1) // 2`` and rank ``rank_multipliers[i] * rank_factor``. The last layer's
+    channels are the classes. The first ``stem_depth`` layers are conventional
+    conv-BN-ReLU blocks instead of CoDA layers (a hybrid network).
+    """
+
+    channels: tuple[int, ...]
+    kernel_sizes: tuple[int, ...]
+    strides: tuple[int, ...]
+    rank_multipliers: tuple[int, ...]
+    rank_factor: int
+    temperature: float
+    logit_bias: float = LOGIT_BIAS
+    norm: str = "squash"
+    in_channels: int = 3
+    stem_depth: int = 0
+
+    def __post_init__(self):
+        n = len(self.channels)
+        lengths = {len(self.kernel_sizes), len(self.strides), len(self.rank_multipliers)}
+        if n == 0 or lengths != {n}:
+            raise ValueError(
+                "channels, kernel_sizes, strides and rank_multipliers need one entry per layer, "
+                f"got lengths {n}, {len(self.kernel_sizes)}, {len(self.strides)}, "
+                f"{len(self.rank_multipliers)}"
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if not isinstance(self.rank_factor, int) or self.rank_factor < 1:
+            raise ValueError(f"rank_factor must be a positive int, got {self.rank_factor!r}")
+        if not 0 <= self.stem_depth < n:
+            raise ValueError(
+                f"stem_depth must be in [0, {n - 1}] (at least one CoDA layer), got {self.stem_depth}"
+            )
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        return tuple(m * self.rank_factor for m in self.rank_multipliers)
+
+    @property
+    def num_classes(self) -> int:
+        return self.channels[-1]
+
+    def replace(self, **overrides) -> CoDANetConfig:
+        """A copy with some fields changed; ``num_classes`` sets the last layer's channels."""
+        fields = {f.name for f in dataclasses.fields(self)} | {"num_classes"}
+        unknown = set(overrides) - fields
+        if unknown:
+            raise ValueError(f"unknown config fields {sorted(unknown)}; expected some of {sorted(fields)}")
+        if "num_classes" in overrides:
+            overrides["channels"] = (*self.channels[:-1], int(overrides.pop("num_classes")))
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_CIFAR_9L_S = CoDANetConfig(
+    channels=(16, 16, 32, 32, 32, 64, 64, 64, 10),
+    kernel_sizes=(3, 3, 3, 3, 3, 3, 3, 3, 1),
+    strides=(1, 1, 2, 1, 1, 2, 1, 1, 1),
+    rank_multipliers=(1, 1, 2, 2, 2, 2, 2, 2, 2),
+    rank_factor=32,
+    temperature=1000.0,
+)
+
+CONFIGS: dict[str, CoDANetConfig] = {
+    # The paper's CIFAR-10 model (7,782,816 parameters); rank_factor=f gives its rank ablation.
+    "cifar10-9L-S": _CIFAR_9L_S,
+    # The paper's Imagenet-100 model (first 100 classes, 240 px crops).
+    "imagenet100-9L-L": CoDANetConfig(
+        channels=(16, 32, 32, 64, 64, 64, 64, 64, 100),
+        kernel_sizes=(7, 3, 3, 3, 3, 3, 3, 3, 3),
+        strides=(3, 1, 1, 2, 1, 1, 2, 1, 1),
+        rank_multipliers=(1, 1, 1, 2, 2, 2, 4, 4, 4),
+        rank_factor=64,
+        temperature=1e5,
+    ),
+    # A 5-layer CIFAR model for tests, smoke runs and lessons that train live on a CPU.
+    "cifar10-tiny": CoDANetConfig(
+        channels=(16, 32, 32, 32, 10),
+        kernel_sizes=(3, 3, 3, 3, 1),
+        strides=(1, 2, 1, 2, 1),
+        rank_multipliers=(1, 2, 2, 2, 2),
+        rank_factor=8,
+        temperature=100.0,
+    ),
+}
+
+
+def build_model(name: str, **overrides) -> CoDANet:
+    """Build a named CoDA-Net.
+
+    Parameters
+    ----------
+    name : one of ``CONFIGS`` ("cifar10-9L-S", "imagenet100-9L-L", "cifar10-tiny").
+    **overrides : fields of :class:`CoDANetConfig` to change, e.g. ``temperature=100``,
+        ``rank_factor=8`` (the paper's rank ablation), ``stem_depth=2`` (a hybrid with a
+        conventional stem), ``norm="l2"``, ``num_classes=...``. Unknown names raise.
+
+    Returns
+    -------
+    A :class:`CoDANet` mapping images (B, 3, H, W) in [0, 1] to logits (B, num_classes).
+    """
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(CONFIGS)}")
+    return CoDANet(CONFIGS[name].replace(**overrides))
+
+
+def conv_block(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Sequential:
+    """A conventional conv-BN-ReLU block (the layers of a hybrid network's stem)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CoDANet(nn.Module):
+    """A CoDA-Net: encoding ``[x, 1-x]``, optional conventional stem, CoDA layers, pooling.
+
+    Attributes
+    ----------
+    config : the :class:`CoDANetConfig` it was built from.
+    stem : ``nn.Sequential`` of conv-BN-ReLU blocks (empty for a pure CoDA-Net).
+    layers : ``nn.ModuleList`` of :class:`CoDAConv2d`, the explained part.
+    temperature, logit_bias : the output scaling ``logit = sum(a_L) / T + logit_bias``.
+    """
+
+    def __init__(self, config: CoDANetConfig):
+        super().__init__()
+        self.config = config
+        self.temperature = float(config.temperature)
+        self.logit_bias = float(config.logit_bias)
+        c_in = 2 * config.in_channels
+        stem, layers = [], []
+        specs = zip(config.channels, config.kernel_sizes, config.strides, config.ranks)
+        for i, (c_out, k, s, r) in enumerate(specs):
+            if i < config.stem_depth:
+                stem.append(conv_block(c_in, c_out, k, s))
+            else:
+                layers.append(CoDAConv2d(c_in, c_out, k, r, stride=s, norm=config.norm))
+            c_in = c_out
+        self.stem = nn.Sequential(*stem)
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] -> encoded input ``[x, 1 - x]``, (B, 2C, H, W)."""
+        check_images(images, self.config.in_channels)
+        return torch.cat([images, 1 - images], dim=1)
+
+    def layer_input(self, images: torch.Tensor, layer: int) -> torch.Tensor:
+        """The input of CoDA layer ``layer`` (0-based), (B, C_l, H_l, W_l).
+
+        ``layer == len(self.layers)`` gives the output of the last layer.
+        """
+        a = self.stem(self.encode(images))
+        for module in self.layers[:layer]:
+            a = module(a)
+        return a
+
+    def head(self, a: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Run CoDA layers ``start, start+1, ...`` on ``a`` and pool to logits (B, classes)."""
+        for module in self.layers[start:]:
+            a = module(a)
+        return self.pool(a)
+
+    def pool(self, a: torch.Tensor) -> torch.Tensor:
+        """Sum pooling, temperature and logit bias: (B, classes, H, W) -> (B, classes)."""
+        return a.float().sum((2, 3)) / self.temperature + self.logit_bias
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W), float in [0, 1] -> logits (B, num_classes)."""
+        return self.head(self.stem(self.encode(images)))
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature:g}, logit_bias={self.logit_bias:.4f}"
+
+
+def check_images(images: torch.Tensor, channels: int) -> None:
+    """Raise ``ValueError`` unless ``images`` is a finite float batch (B, channels, H, W)."""
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"expected images as a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != channels:
+        raise ValueError(
+            f"expected images of shape (B, {channels}, H, W), got {tuple(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise ValueError(f"expected floating-point images in [0, 1], got dtype {images.dtype}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or inf")
+
+
+# ----- the authors' published checkpoints (METHOD.md section 6) ---------------------------
+
+_REFERENCE_KEY = re.compile(r"^(\d+)\.weight_mod\.weighting_f\.0\.weight$")
+
+
+def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor], name: str, **overrides) -> CoDANet:
+    """Build ``name`` and load a state dict in the authors' published layout.
+
+    The published files are ``nn.Sequential`` state dicts with, per CoDA layer ``i``:
+    ``i.weight_mod.weighting_f.0.weight`` (A, [r, C_in, k, k]),
+    ``i.weight_mod.weighting_f.1.weight`` (B, [C_out*d, r, 1, 1]) and ``...1.bias``
+    ([C_out*d]), where output channel ``p * C_out + j`` belongs to patch entry ``p``
+    (unfold order) of DAU ``j``. A ``module.`` prefix (DataParallel) is accepted.
+    """
+    model = build_model(name, **overrides)
+    if model.config.stem_depth:
+        raise ValueError("published checkpoints are pure CoDA-Nets; stem_depth must be 0")
+    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    indices = sorted(int(m.group(1)) for k in sd if (m := _REFERENCE_KEY.match(k)))
+    if len(indices) != len(model.layers):
+        raise ValueError(
+            f"expected {len(model.layers)} CoDA layers for {name!r} in the state dict, found "
+            f"{len(indices)} keys like 'i.weight_mod.weighting_f.0.weight'"
+        )
+    for layer, i in zip(model.layers, indices):
+        prefix = f"{i}.weight_mod.weighting_f."
+        A, B, b = sd[prefix + "0.weight"], sd[prefix + "1.weight"], sd.get(prefix + "1.bias")
+        c_out, r, d = layer.out_channels, layer.rank, layer.patch_size
+        expected = {"A": ((r, layer.in_channels, layer.kernel_size, layer.kernel_size), A.shape),
+                    "B": ((c_out * d, r, 1, 1), B.shape)}
+        for what, (want, got) in expected.items():
+            if tuple(got) != want:
+                raise ValueError(f"layer {i}: {what} has shape {tuple(got)}, expected {want}")
+        with torch.no_grad():
+            layer.A.copy_(A)
+            layer.B.copy_(B.reshape(d, c_out, r).permute(1, 2, 0).reshape(layer.B.shape))
+            if b is not None:
+                layer.b.copy_(b.reshape(d, c_out).T.reshape(layer.b.shape))
+    return model
+
+
+def to_reference_state_dict(model: CoDANet) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`from_reference_state_dict` (layers numbered 0, 1, ...)."""
+    out = {}
+    for i, layer in enumerate(model.layers):
+        c_out, r, d = layer.out_channels, layer.rank, layer.patch_size
+        prefix = f"{i}.weight_mod.weighting_f."
+        out[prefix + "0.weight"] = layer.A.detach().clone()
+        B = layer.B.detach().reshape(c_out, r, d).permute(2, 0, 1).reshape(d * c_out, r, 1, 1)
+        out[prefix + "1.weight"] = B.clone()
+        if layer.b is not None:
+            out[prefix + "1.bias"] = layer.b.detach().reshape(c_out, d).T.reshape(-1).clone()
+    return out

@@ -1,0 +1,317 @@
+"""Training CoDA-Nets: BCE on one-hot targets, Adam, resumable checkpoints.
+
+Run from the command line for long jobs (checkpoints are written as it goes; running the
+same command again resumes from ``<out>/last.pt``)::
+
+    python -m coda.train --out runs/cifar10-9L-S-f8-T1000 --rank-factor 8 --temperature 1000
+
+A resumed run ends bit-identical to an uninterrupted one: the shuffling order comes from
+``seed`` and the epoch, and the augmentation generator's state is saved with the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from coda.checkpoint import load_checkpoint, save_checkpoint
+from coda.data import ImageDataset, augment, load_cifar10, to_float
+from coda.models import CoDANet, build_model
+
+SCHEDULES = ("paper", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CHECKPOINT_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (and so must match when resuming).
+
+    model, model_overrides : passed to :func:`coda.build_model`.
+    epochs, batch_size : the budget; ``batch_size`` is the effective batch of one Adam step.
+    accumulate : split each batch into this many micro-batches (gradient accumulation).
+    lr : Adam's learning rate (the peak, for "cosine").
+    schedule : "paper" (lr / 1.5 every 30 epochs) or "cosine" (linear warm-up over
+        ``warmup_epochs``, then cosine decay to 0 at the last step).
+    precision : "auto" (bf16 autocast on CPU, AMP on CUDA), "fp32", "bf16" or "fp16".
+    train_subset, test_subset : use only the first N images (smoke runs).
+    """
+
+    model: str = "cifar10-9L-S"
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    epochs: int = 40
+    batch_size: int = 64
+    accumulate: int = 1
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    precision: str = "auto"
+    augment: bool = True
+    seed: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.batch_size < 1 or self.accumulate < 1 or self.batch_size % self.accumulate:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a positive multiple of accumulate ({self.accumulate})"
+            )
+        if self.epochs < 1 or not self.lr > 0:
+            raise ValueError(f"epochs must be >= 1 and lr > 0, got {self.epochs}, {self.lr}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at optimiser step ``step`` (0-based)."""
+    epoch = step / steps_per_epoch
+    if cfg.schedule == "paper":
+        return cfg.lr / 1.5 ** math.floor(epoch / 30)
+    total = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on one-hot targets (one sigmoid per class), as in the paper."""
+    targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500, precision: str = "fp32") -> torch.Tensor:
+    """Logits (N, classes) of uint8 or float images (N, 3, H, W), in batches, model in eval mode."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for i in range(0, images.shape[0], batch_size):
+            x = images[i : i + batch_size].to(device)
+            x = to_float(x) if x.dtype == torch.uint8 else x
+            with autocast(device, precision):
+                out.append(model(x).float().cpu())
+        return torch.cat(out)
+    finally:
+        model.train(was_training)
+
+
+def evaluate_accuracy(model: torch.nn.Module, data: ImageDataset, batch_size: int = 500, precision: str = "fp32") -> dict:
+    """Accuracy and per-class accuracy of ``model`` on ``data``.
+
+    Returns ``{"accuracy": float, "per_class": {name: float}, "n": int}``.
+    """
+    pred = predict(model, data.images, batch_size, precision).argmax(1)
+    correct = pred == data.labels
+    per_class = {
+        name: correct[data.labels == c].float().mean().item() for c, name in enumerate(data.classes)
+    }
+    return {"accuracy": correct.float().mean().item(), "per_class": per_class, "n": len(data)}
+
+
+def _epoch_generator(cfg: TrainConfig, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+
+
+def _new_state(cfg: TrainConfig, device: torch.device) -> dict:
+    torch.manual_seed(cfg.seed)  # parameter initialisation
+    model = build_model(cfg.model, **cfg.model_overrides).to(device)
+    return {"model": model, "optimizer": torch.optim.Adam(model.parameters(), lr=cfg.lr),
+            "epoch": 0, "step": 0, "history": [], "wall_time": 0.0,
+            "generator": _epoch_generator(cfg, 0).get_state()}
+
+
+def _load_state(cfg: TrainConfig, path: Path, device: torch.device) -> dict:
+    ckpt = load_checkpoint(path)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    if ckpt["config"] != cfg.to_dict():
+        raise ValueError(
+            f"{path} was written by a different training config; resume with the same one "
+            f"or choose another --out.\n  checkpoint: {ckpt['config']}\n  now:        {cfg.to_dict()}"
+        )
+    state = _new_state(cfg, device)
+    state["model"].load_state_dict(ckpt["model"])
+    state["optimizer"].load_state_dict(ckpt["optimizer"])
+    for key in ("epoch", "step", "history", "wall_time", "generator"):
+        state[key] = ckpt[key]
+    return state
+
+
+def _save_state(state: dict, cfg: TrainConfig, path: Path) -> None:
+    model: CoDANet = state["model"]
+    save_checkpoint(
+        {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model_config": model.config.to_dict(),
+         "model": model.state_dict(), "optimizer": state["optimizer"].state_dict(),
+         "epoch": state["epoch"], "step": state["step"], "history": state["history"],
+         "wall_time": state["wall_time"], "generator": state["generator"]},
+        path,
+    )
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path | None = None,
+    device: str | torch.device | None = None,
+    data_root: str | Path | None = None,
+    train_data: ImageDataset | None = None,
+    test_data: ImageDataset | None = None,
+    save_every: int = 200,
+    stop_after_steps: int | None = None,
+    progress: bool = True,
+) -> tuple[CoDANet, list[dict]]:
+    """Train (or resume) a model; returns the model (eval mode) and the per-epoch history.
+
+    out : folder for ``last.pt`` (written atomically every ``save_every`` steps and after
+        every epoch); if it holds a checkpoint of the same config, training resumes from it.
+        ``None`` trains in memory only.
+    train_data, test_data : default to CIFAR-10 from ``data_root`` (see :mod:`coda.data`).
+    stop_after_steps : stop (after saving) once this many optimiser steps ran in this call;
+        for tests of resumption and for time-boxed sessions.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    train_data = train_data or load_cifar10("train", data_root)
+    test_data = test_data or load_cifar10("test", data_root)
+    if cfg.train_subset:
+        train_data = train_data.first(cfg.train_subset)
+    if cfg.test_subset:
+        test_data = test_data.first(cfg.test_subset)
+    steps_per_epoch = len(train_data) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_data)} training images are fewer than one batch of {cfg.batch_size}")
+
+    path = Path(out) / "last.pt" if out is not None else None
+    state = _load_state(cfg, path, device) if path is not None and path.exists() else _new_state(cfg, device)
+    model, opt = state["model"], state["optimizer"]
+    scaler = torch.amp.GradScaler(device.type, enabled=_uses_fp16(cfg, device))
+    images_all = train_data.images.to(device)
+    labels_all = train_data.labels.to(device)
+    steps_this_call = 0
+    clock = time.perf_counter()  # wall time of this call not yet added to state["wall_time"]
+    model.train()
+    while state["epoch"] < cfg.epochs:
+        epoch = state["epoch"]
+        order = torch.randperm(len(train_data), generator=_epoch_generator(cfg, epoch))
+        gen = torch.Generator(device=device)
+        gen.set_state(state["generator"])
+        bar = tqdm(range(state["step"], steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False, mininterval=5)
+        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        for step in bar:
+            lr = learning_rate(cfg, epoch * steps_per_epoch + step, steps_per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(device)
+            x = to_float(images_all[idx])
+            if cfg.augment:
+                x = augment(x, gen)
+            y = labels_all[idx]
+            opt.zero_grad(set_to_none=True)
+            for xb, yb in zip(x.chunk(cfg.accumulate), y.chunk(cfg.accumulate)):
+                with autocast(device, cfg.precision):
+                    logits = model(xb)
+                loss = bce_loss(logits.float(), yb)
+                scaler.scale(loss / cfg.accumulate).backward()
+                loss_sum += loss.item() * len(yb)
+                correct += (logits.argmax(1) == yb).sum().item()
+            scaler.step(opt)
+            scaler.update()
+            seen += len(y)
+            state["step"] = step + 1
+            state["generator"] = gen.get_state()
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / elapsed:.1f}")
+            steps_this_call += 1
+            stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
+            if path is not None and (state["step"] % save_every == 0 or stop) and state["step"] < steps_per_epoch:
+                state["wall_time"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                _save_state(state, cfg, path)
+            if stop and state["step"] < steps_per_epoch:
+                model.eval()
+                return model, state["history"]
+        state["wall_time"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        epoch_images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
+        test = evaluate_accuracy(model, test_data, precision=cfg.precision if device.type == "cuda" else "fp32")
+        model.train()
+        state["history"].append({
+            "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1), "test_accuracy": test["accuracy"],
+            "images_per_s": epoch_images_per_s, "wall_time": state["wall_time"],
+        })
+        state["epoch"], state["step"] = epoch + 1, 0
+        state["generator"] = _epoch_generator(cfg, epoch + 1).get_state()
+        if progress:
+            print(json.dumps(state["history"][-1]), flush=True)
+        if path is not None:
+            _save_state(state, cfg, path)
+        if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+            break
+    model.eval()
+    return model, state["history"]
+
+
+def _uses_fp16(cfg: TrainConfig, device: torch.device) -> bool:
+    if device.type != "cuda":
+        return cfg.precision == "fp16"
+    return cfg.precision == "fp16" or (cfg.precision == "auto" and not torch.cuda.is_bf16_supported())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m coda.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="folder for checkpoints; rerun to resume")
+    p.add_argument("--model", default="cifar10-9L-S")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--rank-factor", type=int)
+    p.add_argument("--stem-depth", type=int)
+    p.add_argument("--norm", choices=("squash", "l2"))
+    for f in ("epochs", "batch_size", "accumulate", "seed", "train_subset", "test_subset"):
+        p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(TrainConfig, f, None))
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs)
+    p.add_argument("--schedule", choices=SCHEDULES, default=TrainConfig.schedule)
+    p.add_argument("--precision", choices=PRECISIONS, default=TrainConfig.precision)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--device")
+    p.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
+    p.add_argument("--save-every", type=int, default=200, help="optimiser steps between checkpoints")
+    a = p.parse_args(argv)
+    overrides = {k: v for k, v in [("temperature", a.temperature), ("rank_factor", a.rank_factor),
+                                   ("stem_depth", a.stem_depth), ("norm", a.norm)] if v is not None}
+    cfg = TrainConfig(model=a.model, model_overrides=overrides, epochs=a.epochs, batch_size=a.batch_size,
+                      accumulate=a.accumulate, lr=a.lr, schedule=a.schedule, warmup_epochs=a.warmup_epochs,
+                      precision=a.precision, augment=not a.no_augment, seed=a.seed,
+                      train_subset=a.train_subset, test_subset=a.test_subset)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    train(cfg, a.out, device=a.device, data_root=a.data, save_every=a.save_every, progress=True)
+
+
+if __name__ == "__main__":
+    main()
