@@ -46,6 +46,7 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 
 
 def write_text(text: str, path: str | os.PathLike) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 

@@ -56,6 +56,8 @@ def _targets(target, batch: int, num_classes: int, device: torch.device) -> torc
 def _check_layer(model: CoDANet, layer: int | None) -> None:
     if not isinstance(model, CoDANet):
         raise ValueError(f"expected a CoDANet, got {type(model).__name__}")
+    if not len(model.layers):
+        raise ValueError("this network has no CoDA layer (an all-conventional CNN): nothing is explained exactly")
     if layer is None:
         if len(model.stem):
             raise ValueError(

@@ -56,10 +56,8 @@ class CoDANetConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if not isinstance(self.rank_factor, int) or self.rank_factor < 1:
             raise ValueError(f"rank_factor must be a positive int, got {self.rank_factor!r}")
-        if not 0 <= self.stem_depth < n:
-            raise ValueError(
-                f"stem_depth must be in [0, {n - 1}] (at least one CoDA layer), got {self.stem_depth}"
-            )
+        if not 0 <= self.stem_depth <= n:
+            raise ValueError(f"stem_depth must be in [0, {n}], got {self.stem_depth}")
 
     @property
     def ranks(self) -> tuple[int, ...]:
@@ -104,6 +102,18 @@ CONFIGS: dict[str, CoDANetConfig] = {
         rank_factor=64,
         temperature=1e5,
     ),
+    # An all-conventional CNN in the 9L-S layout at 4x the width (about the parameters of the
+    # teaching model): the baseline of the interpretable-depth experiment. Temperature 64 =
+    # average pooling over its 8 x 8 output positions.
+    "cifar10-cnn": CoDANetConfig(
+        channels=(64, 64, 128, 128, 128, 256, 256, 256, 10),
+        kernel_sizes=_CIFAR_9L_S.kernel_sizes,
+        strides=_CIFAR_9L_S.strides,
+        rank_multipliers=_CIFAR_9L_S.rank_multipliers,
+        rank_factor=8,
+        temperature=64.0,
+        stem_depth=9,
+    ),
     # A 5-layer CIFAR model for tests, smoke runs and lessons that train live on a CPU.
     "cifar10-tiny": CoDANetConfig(
         channels=(16, 32, 32, 32, 10),
@@ -135,10 +145,13 @@ def build_model(name: str, **overrides) -> CoDANet:
     return CoDANet(CONFIGS[name].replace(**overrides))
 
 
-def conv_block(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Sequential:
-    """A conventional conv-BN-ReLU block (the layers of a hybrid network's stem)."""
+def conv_block(in_channels: int, out_channels: int, kernel_size: int, stride: int, last: bool = False) -> nn.Module:
+    """A conventional conv-BN-ReLU block (a hybrid network's stem); ``last``: a plain conv."""
+    padding = (kernel_size - 1) // 2
+    if last:  # the classifier of an all-conventional network
+        return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, bias=False),
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -151,7 +164,8 @@ class CoDANet(nn.Module):
     ----------
     config : the :class:`CoDANetConfig` it was built from.
     stem : ``nn.Sequential`` of conv-BN-ReLU blocks (empty for a pure CoDA-Net).
-    layers : ``nn.ModuleList`` of :class:`CoDAConv2d`, the explained part.
+    layers : ``nn.ModuleList`` of :class:`CoDAConv2d`, the explained part (empty for an
+        all-conventional network).
     temperature, logit_bias : the output scaling ``logit = sum(a_L) / T + logit_bias``.
     """
 
@@ -165,7 +179,7 @@ class CoDANet(nn.Module):
         specs = zip(config.channels, config.kernel_sizes, config.strides, config.ranks)
         for i, (c_out, k, s, r) in enumerate(specs):
             if i < config.stem_depth:
-                stem.append(conv_block(c_in, c_out, k, s))
+                stem.append(conv_block(c_in, c_out, k, s, last=i == len(config.channels) - 1))
             else:
                 layers.append(CoDAConv2d(c_in, c_out, k, r, stride=s, norm=config.norm))
             c_in = c_out
@@ -198,8 +212,12 @@ class CoDANet(nn.Module):
         return self.pool(a)
 
     def pool(self, a: torch.Tensor) -> torch.Tensor:
-        """Sum pooling, temperature and logit bias: (B, classes, H, W) -> (B, classes)."""
-        return a.float().sum((2, 3)) / self.temperature + self.logit_bias
+        """Sum pooling, temperature and logit bias: (B, classes, H, W) -> (B, classes).
+
+        Sums in float32 at least (bf16/fp16 activations under autocast), float64 stays float64.
+        """
+        dtype = torch.promote_types(a.dtype, torch.float32)
+        return a.sum((2, 3), dtype=dtype) / self.temperature + self.logit_bias
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W), float in [0, 1] -> logits (B, num_classes)."""
@@ -249,18 +267,21 @@ def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor], name: str,
         )
     for layer, i in zip(model.layers, indices):
         prefix = f"{i}.weight_mod.weighting_f."
-        A, B, b = sd[prefix + "0.weight"], sd[prefix + "1.weight"], sd.get(prefix + "1.bias")
+        missing = [prefix + k for k in ("1.weight", "1.bias") if prefix + k not in sd]
+        if missing:
+            raise ValueError(f"layer {i}: missing keys {missing}")
+        A, B, b = sd[prefix + "0.weight"], sd[prefix + "1.weight"], sd[prefix + "1.bias"]
         c_out, r, d = layer.out_channels, layer.rank, layer.patch_size
         expected = {"A": ((r, layer.in_channels, layer.kernel_size, layer.kernel_size), A.shape),
-                    "B": ((c_out * d, r, 1, 1), B.shape)}
+                    "B": ((c_out * d, r, 1, 1), B.shape),
+                    "bias": ((c_out * d,), b.shape)}
         for what, (want, got) in expected.items():
             if tuple(got) != want:
                 raise ValueError(f"layer {i}: {what} has shape {tuple(got)}, expected {want}")
         with torch.no_grad():
             layer.A.copy_(A)
             layer.B.copy_(B.reshape(d, c_out, r).permute(1, 2, 0).reshape(layer.B.shape))
-            if b is not None:
-                layer.b.copy_(b.reshape(d, c_out).T.reshape(layer.b.shape))
+            layer.b.copy_(b.reshape(d, c_out).T.reshape(layer.b.shape))
     return model
 
 

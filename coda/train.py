@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shlex
 import time
 from pathlib import Path
 
@@ -140,8 +141,9 @@ def _epoch_generator(cfg: TrainConfig, epoch: int) -> torch.Generator:
 
 
 def _new_state(cfg: TrainConfig, device: torch.device) -> dict:
-    torch.manual_seed(cfg.seed)  # parameter initialisation
-    model = build_model(cfg.model, **cfg.model_overrides).to(device)
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation, leave the caller's RNG alone
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, **cfg.model_overrides).to(device)
     return {"model": model, "optimizer": torch.optim.Adam(model.parameters(), lr=cfg.lr),
             "epoch": 0, "step": 0, "history": [], "wall_time": 0.0,
             "generator": _epoch_generator(cfg, 0).get_state()}
@@ -196,8 +198,8 @@ def train(
         for tests of resumption and for time-boxed sessions.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    train_data = train_data or load_cifar10("train", data_root)
-    test_data = test_data or load_cifar10("test", data_root)
+    train_data = load_cifar10("train", data_root) if train_data is None else train_data
+    test_data = load_cifar10("test", data_root) if test_data is None else test_data
     if cfg.train_subset:
         train_data = train_data.first(cfg.train_subset)
     if cfg.test_subset:
@@ -233,7 +235,7 @@ def train(
                 x = augment(x, gen)
             y = labels_all[idx]
             opt.zero_grad(set_to_none=True)
-            for xb, yb in zip(x.chunk(cfg.accumulate), y.chunk(cfg.accumulate)):
+            for xb, yb in zip(x.chunk(cfg.accumulate), y.chunk(cfg.accumulate), strict=True):
                 with autocast(device, cfg.precision):
                     logits = model(xb)
                 loss = bce_loss(logits.float(), yb)
@@ -284,7 +286,11 @@ def _uses_fp16(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.precision == "fp16" or (cfg.precision == "auto" and not torch.cuda.is_bf16_supported())
 
 
-def main(argv: list[str] | None = None) -> None:
+_OVERRIDE_OPTIONS = ("temperature", "rank_factor", "stem_depth", "norm")  # model_overrides on the CLI
+_INT_OPTIONS = ("epochs", "batch_size", "accumulate", "seed", "train_subset", "test_subset")
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m coda.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for checkpoints; rerun to resume")
     p.add_argument("--model", default="cifar10-9L-S")
@@ -292,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rank-factor", type=int)
     p.add_argument("--stem-depth", type=int)
     p.add_argument("--norm", choices=("squash", "l2"))
-    for f in ("epochs", "batch_size", "accumulate", "seed", "train_subset", "test_subset"):
+    for f in _INT_OPTIONS:
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(TrainConfig, f, None))
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs)
@@ -302,13 +308,54 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device")
     p.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
     p.add_argument("--save-every", type=int, default=200, help="optimiser steps between checkpoints")
-    a = p.parse_args(argv)
-    overrides = {k: v for k, v in [("temperature", a.temperature), ("rank_factor", a.rank_factor),
-                                   ("stem_depth", a.stem_depth), ("norm", a.norm)] if v is not None}
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """Parse the command line of ``python -m coda.train`` into its :class:`TrainConfig`.
+
+    Returns the config and the parsed arguments (``out``, ``device``, ``data``, ``save_every``
+    are not part of the config).
+    """
+    a = _parser().parse_args(argv)
+    overrides = {k: getattr(a, k) for k in _OVERRIDE_OPTIONS if getattr(a, k) is not None}
     cfg = TrainConfig(model=a.model, model_overrides=overrides, epochs=a.epochs, batch_size=a.batch_size,
                       accumulate=a.accumulate, lr=a.lr, schedule=a.schedule, warmup_epochs=a.warmup_epochs,
                       precision=a.precision, augment=not a.no_augment, seed=a.seed,
                       train_subset=a.train_subset, test_subset=a.test_subset)
+    return cfg, a
+
+
+def train_command(cfg: TrainConfig, out: str = "runs/NAME") -> str:
+    """The ``python -m coda.train`` command line that trains ``cfg`` (the inverse of
+    :func:`config_from_args`); every field is written out, so defaults may change safely.
+
+    Raises ``ValueError`` if ``cfg.model_overrides`` has a field the command line cannot set.
+    """
+    unknown = set(cfg.model_overrides) - set(_OVERRIDE_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"model_overrides {sorted(unknown)} cannot be set from the command line; "
+            f"expected only some of {list(_OVERRIDE_OPTIONS)}"
+        )
+    args = ["python -m coda.train", f"--out {shlex.quote(str(out))}", f"--model {shlex.quote(cfg.model)}"]
+    args += [f"--{k.replace('_', '-')} {_cli_value(cfg.model_overrides[k])}" for k in _OVERRIDE_OPTIONS
+             if k in cfg.model_overrides]
+    args += [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in _INT_OPTIONS if getattr(cfg, k) is not None]
+    args += [f"--lr {cfg.lr!r}", f"--warmup-epochs {cfg.warmup_epochs!r}", f"--schedule {cfg.schedule}",
+             f"--precision {cfg.precision}"]
+    if not cfg.augment:
+        args.append("--no-augment")
+    return " ".join(args)
+
+
+def _cli_value(value) -> str:
+    """A value as a command-line word: floats by ``repr`` (they parse back exactly)."""
+    return repr(value) if isinstance(value, float) else shlex.quote(str(value))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, a = config_from_args(argv)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     train(cfg, a.out, device=a.device, data_root=a.data, save_every=a.save_every, progress=True)
 

@@ -1,0 +1,675 @@
+"""Quantitative interpretability (METHOD.md section 4): the grid pointing game and pixel removal.
+
+Localisation ("grid pointing game"): tiles of ``grid_size x grid_size`` confidently and
+correctly classified test images of distinct classes; an explanation of one cell's class
+should put its positive attribution inside that cell::
+
+    grids = make_grids(model, test_set, n_grids=500)                  # 3x3, 96 x 96 on CIFAR
+    result = localisation_scores(model, grids, "coda")                 # scores (500, 9)
+    result.mean, result.median
+
+Pixel removal: remove the pixels an explanation deems least important first (both ``x`` and
+``1 - x`` set to 0 in the encoded input) and follow the true class's probability::
+
+    result = pixel_removal(model, images, labels, "coda")              # 129 points for 32 x 32
+    result.curve, result.mean                                          # the paper's "area"
+
+Command line (writes CSV tables, a JSON record and timings to ``--out``)::
+
+    python -m coda.evaluate --model runs/NAME/last.pt --out results/NAME
+    python -m coda.evaluate --model NAME --methods coda,grad,occ9 --smoke
+
+``PUBLISHED`` holds the paper's numbers for reference (not measured here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from coda.checkpoint import load_checkpoint, sha256, write_json, write_text
+from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10, to_float
+from coda.explainers import EXPLAINERS, Explainer, get_explainer
+from coda.models import CoDANet
+from coda.train import predict
+
+# The paper's numbers (CIFAR-10, 9L-S, T = 1000 unless stated), METHOD.md section 5, keyed by
+# the names of coda.explainers.EXPLAINERS. Reference data from the authors' result files,
+# NOT results of this package: use it to mark the published values in tables and figures.
+PUBLISHED: dict = {
+    "source": "Boehle, Fritz, Schiele, CVPR 2021 and TPAMI (arXiv 2104.00032, 2109.13004); "
+              "CIFAR-10, 9L-S, T = 1000, from the authors' result files (METHOD.md section 5)",
+    "localisation_mean": {"coda": 0.912, "occ9": 0.842, "gradcam": 0.726, "occ5": 0.564,
+                          "intgrad": 0.155, "ixg": 0.144, "deeplift": 0.144, "grad": 0.144},
+    "localisation_median": {"coda": 0.938, "occ9": 0.867, "gradcam": 0.743, "occ5": 0.567},
+    "localisation_mean_coda_vs_temperature": {10: 0.314, 50: 0.445, 100: 0.637, 500: 0.840,
+                                              1000: 0.912, 5000: 0.908},
+    "localisation_chance_3x3": 1 / 9,
+    "removal_start": 0.927,  # mean true-class probability with nothing removed
+    "removal_mean": {"coda": 0.964, "occ5": 0.959, "occ9": 0.957, "gradcam": 0.877, "grad": 0.861,
+                     "intgrad": 0.574, "ixg": 0.562, "deeplift": 0.562},
+    "removal_at_25_percent": {"coda": 0.962, "gradcam": 0.842, "grad": 0.756, "ixg": 0.251},
+    "removal_mean_coda_vs_temperature": {10: 0.801, 50: 0.856, 100: 0.865, 500: 0.951,
+                                         1000: 0.964, 5000: 0.968},
+}
+
+ORDERS = ("least", "most")
+DEFAULT_METHODS = ("coda", "grad", "ixg", "intgrad", "deeplift", "gradcam", "occ5", "occ9", "lime",
+                   "guided_backprop")
+
+
+# ----- localisation: the grid pointing game ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Grids:
+    """Grids of images of distinct classes for the pointing game.
+
+    Attributes
+    ----------
+    images : (n, 3, g*H, g*W) uint8 or float; cell ``k`` (row-major: row ``k // g``, column
+        ``k % g``) holds one image of class ``classes[:, k]``.
+    classes : (n, g*g) long, the class in each cell (distinct within a grid).
+    grid_size : g.
+    indices : (n, g*g) long, the data-set index of each cell's image, or None.
+    n_requested : the number of grids asked for; fewer means the data ran out.
+    """
+
+    images: torch.Tensor
+    classes: torch.Tensor
+    grid_size: int
+    indices: torch.Tensor | None = None
+    n_requested: int | None = None
+
+    def __post_init__(self):
+        n, cells = self.images.shape[0], self.grid_size**2
+        if self.images.dim() != 4 or self.images.shape[-1] % self.grid_size or self.images.shape[-2] % self.grid_size:
+            raise ValueError(
+                f"grid images must be (n, C, g*H, g*W) with g = {self.grid_size}, got {tuple(self.images.shape)}"
+            )
+        if self.classes.shape != (n, cells):
+            raise ValueError(f"classes must have shape ({n}, {cells}), got {tuple(self.classes.shape)}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def n_cells(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def exhausted(self) -> bool:
+        """True when the data ran out of confident images before ``n_requested`` grids."""
+        return self.n_requested is not None and len(self) < self.n_requested
+
+
+def _check_grid_args(n_grids: int, grid_size: int, num_classes: int) -> None:
+    if not isinstance(grid_size, int) or isinstance(grid_size, bool) or grid_size < 2:
+        raise ValueError(f"grid_size must be an int >= 2, got {grid_size!r}")
+    if not isinstance(n_grids, int) or isinstance(n_grids, bool) or n_grids < 1:
+        raise ValueError(f"n_grids must be an int >= 1, got {n_grids!r}")
+    if grid_size**2 > num_classes:
+        raise ValueError(
+            f"a {grid_size}x{grid_size} grid needs {grid_size**2} distinct classes, the data has {num_classes}"
+        )
+
+
+def confident_queues(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """Per class, the indices of correctly classified images with sigmoid(logit) > 0.5.
+
+    Sorted by the class logit, most confident first (ties by index). ``logits`` (N, K),
+    ``labels`` (N,). Returns K tensors of indices.
+    """
+    correct = logits.argmax(1) == labels
+    queues = []
+    for c in range(logits.shape[1]):
+        idx = torch.nonzero(correct & (labels == c)).flatten()
+        conf = logits[idx, c]
+        order = torch.argsort(conf, descending=True, stable=True)
+        idx, conf = idx[order], conf[order]
+        queues.append(idx[torch.sigmoid(conf) > 0.5])
+    return queues
+
+
+def sample_grid_indices(logits: torch.Tensor, labels: torch.Tensor, n_grids: int = 500,
+                        grid_size: int = 3, seed: int = 0) -> torch.Tensor:
+    """Choose the images of each grid (METHOD.md section 4).
+
+    While every class still has an unused correctly classified image with
+    sigmoid(logit) > 0.5, sample ``grid_size**2`` distinct classes (a seeded generator)
+    and take each one's next most confident image. (For 10 classes and 3x3 grids this is
+    the authors' rule "more than 9 classes still available".)
+
+    Parameters
+    ----------
+    logits : (N, K) logits of the data set; labels : (N,) true classes.
+
+    Returns
+    -------
+    (n, grid_size**2) long data-set indices, n <= n_grids (fewer when the images run out).
+    """
+    _check_grid_args(n_grids, grid_size, logits.shape[1])
+    if logits.dim() != 2 or labels.shape != (logits.shape[0],):
+        raise ValueError(f"expected logits (N, K) and labels (N,), got {tuple(logits.shape)}, {tuple(labels.shape)}")
+    queues = confident_queues(logits.detach().float().cpu(), labels.cpu())
+    used = [0] * len(queues)
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    while len(rows) < n_grids and any(u < len(q) for u, q in zip(used, queues)):
+        classes = torch.randperm(len(queues), generator=generator)[: grid_size**2].tolist()
+        rows.append([queues[c][used[c]].item() for c in classes])
+        for c in classes:
+            used[c] += 1
+    return torch.tensor(rows, dtype=torch.long).reshape(len(rows), grid_size**2)
+
+
+def tile(images: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """(..., g*g, C, H, W) -> (..., C, g*H, g*W); image ``k`` goes to row ``k // g``, column ``k % g``."""
+    *lead, cells, c, h, w = images.shape
+    if cells != grid_size**2:
+        raise ValueError(f"expected {grid_size**2} images per grid, got {cells}")
+    x = images.reshape(*lead, grid_size, grid_size, c, h, w)
+    x = x.movedim(-3, -5)  # (..., C, g_row, g_col, H, W)
+    x = x.transpose(-3, -2)  # (..., C, g_row, H, g_col, W)
+    return x.reshape(*lead, c, grid_size * h, grid_size * w)
+
+
+def cell_sums(maps: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Sum of each cell of maps (B, g*H, g*W) -> (B, g*g), cells row-major as in :func:`tile`."""
+    b, gh, gw = maps.shape
+    h, w = gh // grid_size, gw // grid_size
+    return maps.reshape(b, grid_size, h, grid_size, w).sum((2, 4)).reshape(b, grid_size**2)
+
+
+def grids_from_logits(logits: torch.Tensor, dataset: ImageDataset, n_grids: int = 500,
+                      grid_size: int = 3, seed: int = 0) -> Grids:
+    """Build the grids for ``dataset`` given its logits (N, K); see :func:`make_grids`."""
+    indices = sample_grid_indices(logits, dataset.labels, n_grids, grid_size, seed)
+    if len(indices) < n_grids:
+        warnings.warn(
+            f"only {len(indices)} of {n_grids} grids: a class ran out of correctly classified images "
+            "with sigmoid(logit) > 0.5", stacklevel=2,
+        )
+    images = dataset.images[indices.flatten()].reshape(*indices.shape, *dataset.images.shape[1:])
+    return Grids(tile(images, grid_size), dataset.labels[indices], grid_size, indices, n_grids)
+
+
+def make_grids(model: CoDANet, dataset: ImageDataset, n_grids: int = 500, grid_size: int = 3,
+               seed: int = 0, batch_size: int = 500) -> Grids:
+    """The pointing-game grids of METHOD.md section 4 for ``model`` on ``dataset``.
+
+    Parameters
+    ----------
+    model : ranks the images by its logits (computed in eval mode, fp32).
+    dataset : e.g. the CIFAR-10 test set (uint8 images (N, 3, H, W)).
+    n_grids : how many grids to make (500 in the paper); fewer are returned, with a
+        warning and ``Grids.exhausted`` set, when the confident images run out.
+    grid_size : 3 (the paper, 96 x 96 for CIFAR) or 2 (64 x 64), ...
+    seed : seeds the class sampling.
+
+    Returns
+    -------
+    :class:`Grids` with uint8 images (n, 3, g*H, g*W).
+    """
+    _check_grid_args(n_grids, grid_size, model.num_classes)
+    logits = predict(model, dataset.images, batch_size)
+    return grids_from_logits(logits, dataset, n_grids, grid_size, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalisationResult:
+    """Pointing-game scores of one method: ``scores`` (n_grids, g*g), one per (grid, cell).
+
+    ``seconds`` is the time spent computing attributions; ``n_attributions`` their number
+    (one per grid and cell).
+    """
+
+    method: str
+    label: str
+    scores: torch.Tensor
+    seconds: float = float("nan")
+
+    @property
+    def n_attributions(self) -> int:
+        return self.scores.numel()
+
+    @property
+    def mean(self) -> float:
+        return self.scores.mean().item() if self.scores.numel() else math.nan
+
+    @property
+    def median(self) -> float:
+        """The median (the mean of the two middle scores for an even count)."""
+        return self.scores.flatten().quantile(0.5).item() if self.scores.numel() else math.nan
+
+
+def as_explainer(explainer: str | Explainer | object) -> Explainer:
+    """A registry name, an :class:`Explainer`, or a plain function ``(model, images, targets)``."""
+    if isinstance(explainer, (str, Explainer)):
+        return get_explainer(explainer)
+    if callable(explainer):
+        name = getattr(explainer, "__name__", "custom")
+        return Explainer(name, name, lambda model, images, targets: explainer(model, images, targets))
+    raise ValueError(f"expected an explainer name, an Explainer or a function, got {type(explainer).__name__}")
+
+
+def grid_scores(attributions: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Pointing-game scores of one grid.
+
+    Parameters
+    ----------
+    attributions : (g*g, C, g*H, g*W); row ``k`` explains the class of cell ``k``.
+
+    Returns
+    -------
+    (g*g,) the positive attribution inside cell ``k`` divided by the total positive
+    attribution of row ``k``; 0 where there is no positive attribution at all (an
+    explanation that points nowhere scores as badly as one that points elsewhere; this is
+    also the authors' convention).
+    """
+    sums = cell_sums(attributions.sum(1).clamp_min(0), grid_size)
+    total = sums.sum(1)
+    inside = sums.diagonal()
+    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
+
+
+def localisation_scores(model: CoDANet, grids: Grids, explainer: str | Explainer | object = "coda",
+                        progress: bool = False) -> LocalisationResult:
+    """Score ``explainer`` in the pointing game on ``grids``.
+
+    For each grid and cell, the cell's class is explained on the whole grid; the score is the
+    share of the positive attribution (summed over channels) that falls inside that cell.
+    A perfect explanation scores 1, a uniform one ``1 / grid_size**2`` (chance).
+
+    Parameters
+    ----------
+    model : the :class:`coda.CoDANet` to explain (its device is used).
+    grids : from :func:`make_grids`.
+    explainer : a name from ``coda.explainers.EXPLAINERS``, an ``Explainer``, or a function
+        ``(model, images (B, 3, h, w), targets (B,)) -> (B, C, h, w)``.
+
+    Returns
+    -------
+    :class:`LocalisationResult` with ``scores`` (len(grids), grid_size**2) on the CPU.
+    """
+    explainer = as_explainer(explainer)
+    device = next(model.parameters()).device
+    scores, seconds = [], 0.0
+    for g in tqdm(range(len(grids)), desc=f"localisation {explainer.name}", disable=not progress, leave=False):
+        x = grids.images[g : g + 1].to(device)
+        x = to_float(x) if x.dtype == torch.uint8 else x.float()
+        start = time.perf_counter()
+        attributions = explainer.attribute_classes(model, x, grids.classes[g].to(device))
+        seconds += time.perf_counter() - start
+        scores.append(grid_scores(attributions.float(), grids.grid_size).cpu())
+    scores = torch.stack(scores) if scores else torch.zeros(0, grids.n_cells)
+    return LocalisationResult(explainer.name, explainer.label, scores, seconds)
+
+
+# ----- pixel removal -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RemovalResult:
+    """Pixel-removal curves of one method.
+
+    Attributes
+    ----------
+    probabilities : (N, P) sigmoid probability of each image's true class after removing
+        ``n_removed[p]`` pixels.
+    n_removed : (P,) pixels removed at each point (0, stride, 2 * stride, ...).
+    n_pixels : H * W.
+    order : "least" (least important first, the paper's) or "most".
+    seconds : time spent computing attributions, for N attributions.
+    """
+
+    method: str
+    label: str
+    order: str
+    probabilities: torch.Tensor
+    n_removed: torch.Tensor
+    n_pixels: int
+    seconds: float = float("nan")
+
+    @property
+    def curve(self) -> torch.Tensor:
+        """(P,) mean true-class probability over the images."""
+        return self.probabilities.mean(0)
+
+    @property
+    def mean(self) -> float:
+        """The curve's mean over its points (the number the paper reports)."""
+        return self.curve.mean().item()
+
+    @property
+    def fraction_removed(self) -> torch.Tensor:
+        return self.n_removed.double() / self.n_pixels
+
+
+def removal_points(n_pixels: int, fraction: float = 0.25, stride: int = 2) -> torch.Tensor:
+    """Pixels removed at each evaluation: 0, stride, ... up to ``int(fraction * n_pixels)``.
+
+    (129 points for 32 x 32 images, fraction 0.25, stride 2.)
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+    return torch.arange(0, int(fraction * n_pixels) + 1, stride)
+
+
+def removal_masks(importance: torch.Tensor, n_removed: torch.Tensor, order: str = "least") -> torch.Tensor:
+    """Which pixels are kept at each removal level.
+
+    Parameters
+    ----------
+    importance : (B, H, W) attribution summed over channels.
+    n_removed : (P,) pixels to remove.
+    order : "least" removes the lowest importance first, "most" the highest (ties: the
+        lower pixel index first, so the order is deterministic).
+
+    Returns
+    -------
+    (B, P, H, W) bool, True where the pixel is kept.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    b, h, w = importance.shape
+    flat = importance.reshape(b, h * w)
+    ranking = torch.argsort(flat if order == "least" else -flat, dim=1, stable=True)
+    rank = torch.empty_like(ranking).scatter_(1, ranking, torch.arange(h * w, device=flat.device).expand(b, -1))
+    return (rank[:, None, :] >= n_removed.to(flat.device)[None, :, None]).reshape(b, -1, h, w)
+
+
+@torch.no_grad()
+def removal_probabilities(model: CoDANet, images: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor,
+                          batch_size: int = 256) -> torch.Tensor:
+    """True-class probabilities of images with pixels removed in the encoded input.
+
+    Parameters
+    ----------
+    images : (B, 3, H, W) float in [0, 1]; labels : (B,).
+    keep : (B, P, H, W) bool from :func:`removal_masks`; where False, both ``x`` and ``1 - x``
+        are set to 0.
+    batch_size : images per forward pass (the P levels of an image are stacked).
+
+    Returns
+    -------
+    (B, P) sigmoid probability of the true class, fp32, model in eval mode.
+    """
+    b, p = keep.shape[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        encoded = model.encode(images.float())  # (B, 6, H, W)
+        stacked = (encoded[:, None] * keep[:, :, None]).flatten(0, 1)  # (B*P, 6, H, W)
+        targets = labels.repeat_interleave(p)
+        with torch.autocast(images.device.type, enabled=False):
+            out = [torch.sigmoid(model.head(model.stem(chunk))).gather(1, t[:, None])
+                   for chunk, t in zip(stacked.split(batch_size), targets.split(batch_size))]
+        return torch.cat(out).reshape(b, p)
+    finally:
+        model.train(was_training)
+
+
+def pixel_removal(model: CoDANet, images: torch.Tensor, labels: torch.Tensor,
+                  explainer: str | Explainer | object = "coda", fraction: float = 0.25, stride: int = 2,
+                  order: str = "least", batch_size: int = 32, eval_batch_size: int = 256,
+                  progress: bool = False) -> RemovalResult:
+    """The pixel-removal curve of ``explainer`` (METHOD.md section 4).
+
+    Each image's pixels are sorted by the attribution of its true class summed over
+    channels and removed in that order (``order="least"``: least important first, the
+    paper's protocol), by zeroing both ``x`` and ``1 - x`` in the encoded input.
+
+    Parameters
+    ----------
+    model : the :class:`coda.CoDANet` (its device is used).
+    images : (N, 3, H, W) uint8 or float in [0, 1] (the paper: the first 1024 test images).
+    labels : (N,) true classes.
+    explainer : as in :func:`localisation_scores`.
+    fraction, stride : remove up to ``int(fraction * H * W)`` pixels, evaluating every
+        ``stride`` pixels (129 points for 32 x 32, 0.25, 2).
+    batch_size : images explained per call; eval_batch_size : images per forward pass when
+        evaluating the removal levels.
+
+    Returns
+    -------
+    :class:`RemovalResult` (probabilities (N, P) on the CPU).
+    """
+    explainer = as_explainer(explainer)
+    if images.dim() != 4 or labels.shape != (images.shape[0],):
+        raise ValueError(f"expected images (N, 3, H, W) and labels (N,), got {tuple(images.shape)}, {tuple(labels.shape)}")
+    n_pixels = images.shape[-2] * images.shape[-1]
+    n_removed = removal_points(n_pixels, fraction, stride)
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    device = next(model.parameters()).device
+    probabilities, seconds = [], 0.0
+    for start in tqdm(range(0, len(images), batch_size), desc=f"removal {explainer.name}", disable=not progress, leave=False):
+        x = images[start : start + batch_size].to(device)
+        x = to_float(x) if x.dtype == torch.uint8 else x.float()
+        y = labels[start : start + batch_size].to(device)
+        clock = time.perf_counter()
+        importance = explainer(model, x, y).float().sum(1)
+        seconds += time.perf_counter() - clock
+        keep = removal_masks(importance, n_removed, order)
+        probabilities.append(removal_probabilities(model, x, y, keep, eval_batch_size).cpu())
+    probabilities = torch.cat(probabilities) if probabilities else torch.zeros(0, len(n_removed))
+    return RemovalResult(explainer.name, explainer.label, order, probabilities, n_removed, n_pixels, seconds)
+
+
+# ----- loading models ------------------------------------------------------------------------
+
+
+def load_model(spec: str, device: str | torch.device | None = None) -> tuple[CoDANet, dict]:
+    """A model from a training checkpoint path or a shipped model's name.
+
+    A path to a file written by :mod:`coda.train` (keys ``"model_config"`` and ``"model"``)
+    builds that model; anything else goes to :func:`coda.pretrained.load_pretrained`.
+
+    Returns
+    -------
+    ``(model, info)``: the model in eval mode on ``device``, and a dict for the results
+    record (name, source, SHA-256 of a checkpoint file, config).
+    """
+    from coda import pretrained  # the shipped models sit on top of training and data
+
+    path = Path(spec)
+    if path.is_file():
+        ckpt = load_checkpoint(path)
+        if not {"model_config", "model"} <= set(ckpt):
+            raise ValueError(f"{path} is not a coda.train checkpoint (no 'model_config' and 'model' keys)")
+        model = pretrained.model_from_checkpoint(ckpt)
+        name = path.parent.name if path.stem in ("last", "best") else path.stem
+        info = {"name": name, "source": "checkpoint", "path": str(path), "sha256": sha256(path),
+                "epoch": ckpt.get("epoch")}
+    else:
+        if path.suffix in (".pt", ".pth"):
+            raise ValueError(f"checkpoint {path} not found")
+        model = pretrained.load_pretrained(spec)
+        info = {"name": spec, "source": "coda.pretrained"}
+    info["model_config"] = model.config.to_dict()
+    return model.to(device).eval(), info
+
+
+# ----- the command line ----------------------------------------------------------------------
+
+
+def _csv(header: list[str], rows: list[list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in row] for row in rows])
+    return buffer.getvalue()
+
+
+def localisation_tables(results: list[LocalisationResult], grids: Grids) -> tuple[str, str]:
+    """CSV texts: the summary per method and the score of every (grid, cell)."""
+    summary = _csv(["method", "label", "grid_size", "n_grids", "n", "mean", "median"],
+                   [[r.method, r.label, grids.grid_size, len(grids), r.scores.numel(), r.mean, r.median]
+                    for r in results])
+    rows = []
+    for r in results:
+        for g in range(len(grids)):
+            for k in range(grids.n_cells):
+                index = grids.indices[g, k].item() if grids.indices is not None else -1
+                rows.append([r.method, g, k, grids.classes[g, k].item(), index, r.scores[g, k].item()])
+    return summary, _csv(["method", "grid", "cell", "class", "image_index", "score"], rows)
+
+
+def removal_table(results: list[RemovalResult]) -> str:
+    """CSV text, one row per (method, order, point): the mean curve and its mean."""
+    rows = [[r.method, r.label, r.order, r.probabilities.shape[0], n.item(), f.item(), p.item(), r.mean]
+            for r in results for n, f, p in zip(r.n_removed, r.fraction_removed, r.curve)]
+    return _csv(["method", "label", "order", "n_images", "n_removed", "fraction_removed", "probability",
+                 "curve_mean"], rows)
+
+
+def timing_table(localisation: list[LocalisationResult], removal: list[RemovalResult], grid_shape, image_shape,
+                 device: torch.device) -> str:
+    """CSV text: measured attribution time per method and task."""
+    rows = []
+    for task, shape, results in (("localisation", grid_shape, localisation), ("removal", image_shape, removal)):
+        for r in results:
+            n = r.n_attributions if task == "localisation" else r.probabilities.shape[0]
+            rows.append([r.method, r.label, task, f"{shape[0]}x{shape[1]}", n, r.seconds,
+                         r.seconds / n if n else math.nan, str(device), torch.get_num_threads()])
+    return _csv(["method", "label", "task", "image_size", "n_attributions", "seconds", "seconds_per_attribution",
+                 "device", "threads"], rows)
+
+
+def versions() -> dict:
+    """Versions of the software that produced a result."""
+    import captum
+    import numpy
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "captum": captum.__version__,
+            "numpy": numpy.__version__, "platform": platform.platform(), "git_commit": commit}
+
+
+def _parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in EXPLAINERS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; expected a comma-separated list of {sorted(EXPLAINERS)}")
+    return methods
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="python -m coda.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="a coda.train checkpoint file, or a shipped model's name")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, from {sorted(EXPLAINERS)}")
+    p.add_argument("--out", help="output folder (default: results/<model name>)")
+    p.add_argument("--n-grids", type=int, default=500)
+    p.add_argument("--grid-size", type=int, default=3)
+    p.add_argument("--grid-pool", type=int, help="build grids from the first N test images only (default: all)")
+    p.add_argument("--n-removal", type=int, default=1024, help="first N test images for pixel removal")
+    p.add_argument("--fraction", type=float, default=0.25, help="remove up to this fraction of the pixels")
+    p.add_argument("--stride", type=int, default=2, help="evaluate every STRIDE removed pixels")
+    p.add_argument("--orders", default="least", help="comma-separated removal orders: least, most")
+    p.add_argument("--lime-samples", type=int, default=EXPLAINERS["lime"].options["n_samples"])
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward of a post-hoc method")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
+    p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: 2 grids from 1000 images, 8 removal images")
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.n_grids, a.grid_pool, a.n_removal, a.lime_samples = 2, 1000, 8, 32
+    orders = [o.strip() for o in a.orders.split(",")]
+    if not set(orders) <= set(ORDERS):
+        p.error(f"--orders must be from {ORDERS}, got {a.orders!r}")
+    try:
+        methods = _parse_methods(a.methods)
+    except ValueError as err:
+        p.error(str(err))
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, info = load_model(a.model, device)
+    if len(model.stem) and "coda" in methods and a.methods == p.get_default("methods"):
+        methods.remove("coda")  # contributions are exact only from the first CoDA layer on
+        print("the model has a conventional stem: 'coda' left out (it explains the input of the first CoDA layer)")
+    out = Path(a.out or PROJECT_ROOT / "results" / info["name"])
+    command = shlex.join(["python", "-m", "coda.evaluate", *argv])
+    run(model, info, methods, out, command, a, orders, device)
+
+
+def _configured(name: str, a: argparse.Namespace) -> Explainer:
+    explainer = get_explainer(name)
+    options = {"batch_size": a.batch_size} if "batch_size" in explainer.options else {}
+    if name == "lime":
+        options.update(n_samples=a.lime_samples, seed=a.seed)
+    return explainer.with_options(**options)
+
+
+def run(model: CoDANet, info: dict, methods: list[str], out: Path, command: str, a: argparse.Namespace,
+        orders: list[str], device: torch.device) -> None:
+    """Evaluate ``methods`` on ``model`` and write the result files into ``out``."""
+    test = load_cifar10("test", a.data, download=False)
+    pool = test.first(a.grid_pool) if a.grid_pool else test
+    logits = predict(model, pool.images)
+    accuracy = (logits.argmax(1) == pool.labels).float().mean().item()
+    grids = grids_from_logits(logits, pool, a.n_grids, a.grid_size, a.seed)
+    removal_set = test.first(a.n_removal)
+    print(f"{info['name']}: accuracy {accuracy:.4f} on {len(pool)} test images; {len(grids)} grids; "
+          f"{len(removal_set)} removal images; methods {methods}", flush=True)
+    localisation, removal = [], []
+    for name in methods:
+        explainer = _configured(name, a)
+        localisation.append(localisation_scores(model, grids, explainer, progress=True))
+        for order in orders:
+            removal.append(pixel_removal(model, removal_set.images, removal_set.labels, explainer, a.fraction,
+                                         a.stride, order, batch_size=a.batch_size, progress=True))
+        summary = " ".join(f"removal[{r.order}] {r.mean:.3f}" for r in removal[-len(orders):])
+        print(f"{name:>16}: localisation {localisation[-1].mean:.3f} (median {localisation[-1].median:.3f}) "
+              f"{summary}", flush=True)
+    summary, scores = localisation_tables(localisation, grids)
+    write_text(summary, out / "localisation.csv")
+    write_text(scores, out / "localisation_scores.csv")
+    write_text(removal_table(removal), out / "removal.csv")
+    write_text(timing_table(localisation, removal, grids.images.shape[-2:], removal_set.images.shape[-2:], device),
+               out / "timing.csv")
+    write_json(_record(info, methods, command, a, orders, device, accuracy, len(pool), grids, localisation, removal),
+               out / "results.json")
+    print(f"wrote {out}")
+
+
+def _record(info, methods, command, a, orders, device, accuracy, pool_size, grids, localisation, removal) -> dict:
+    return {
+        "command": command, "cwd": os.getcwd(), "seed": a.seed, "smoke": a.smoke, "model": info,
+        "device": str(device), "torch_threads": torch.get_num_threads(), "versions": versions(),
+        "methods": {m: dict(_configured(m, a).options) for m in methods},
+        "test_accuracy": {"accuracy": accuracy, "n": pool_size},
+        "localisation": {"grid_size": grids.grid_size, "n_grids_requested": a.n_grids, "n_grids": len(grids),
+                         "exhausted": grids.exhausted, "grid_pool": pool_size,
+                         "summary": {r.method: {"mean": r.mean, "median": r.median, "n": r.scores.numel()}
+                                     for r in localisation}},
+        "removal": {"n_images": a.n_removal, "fraction": a.fraction, "stride": a.stride, "orders": orders,
+                    "summary": {f"{r.method}/{r.order}": {"mean": r.mean, "start": r.curve[0].item(),
+                                                          "end": r.curve[-1].item()} for r in removal}},
+        "published_reference": "coda.evaluate.PUBLISHED (the paper's numbers, not measured here)",
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,537 @@
+"""Figures for the workbook: style, deterministic saving, images, maps, curves and explorers.
+
+The only module of the package that imports matplotlib (and ipywidgets, for the explorers);
+both are imported inside the functions, so ``import coda.plotting`` is cheap and has no side
+effects. The workbook style is applied by an explicit :func:`use_style` call.
+
+Conventions: images are (3, H, W) tensors or (H, W, 3) arrays in [0, 1] (uint8 is accepted);
+contribution maps are (H, W) and drawn with a diverging colour map centred at 0
+(red = for the class, blue = against it).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DPI = 150  # every saved figure
+CONTRIBUTION_CMAP = "bwr"  # diverging, white at 0
+PALETTE = (  # seaborn's "colorblind" palette, without importing seaborn
+    "#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc",
+    "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9",
+)  # fmt: skip
+STYLE = {
+    "figure.dpi": 100,
+    "figure.constrained_layout.use": True,
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.frameon": False,
+    "image.interpolation": "nearest",
+    "savefig.dpi": DPI,
+    "savefig.facecolor": "white",
+}
+
+
+# ----- style and saving (not the lesson: notebooks call these and move on) ---------------
+
+
+def use_style() -> None:
+    """Apply the workbook's matplotlib style (rcParams) and colour cycle. Call once per notebook."""
+    import matplotlib as mpl
+    from cycler import cycler
+
+    mpl.rcParams.update(STYLE)
+    mpl.rcParams["axes.prop_cycle"] = cycler(color=list(PALETTE))
+
+
+def save_figure(fig, name: str, fig_dir: str | Path = "figures", dpi: int = DPI) -> Path:
+    """Save ``fig`` as ``<fig_dir>/<name>.png`` at a fixed dpi, byte-for-byte reproducibly.
+
+    The PNG carries no software version or timestamp (``metadata={"Software": None}``), so
+    the same figure gives the same bytes; an existing file with the same bytes is left
+    untouched (its modification time does not change either).
+
+    Parameters
+    ----------
+    fig : a matplotlib ``Figure``.
+    name : file name, with or without ``.png``.
+    fig_dir : folder, created if needed.
+    dpi : resolution (default :data:`DPI`).
+
+    Returns
+    -------
+    The path of the PNG file.
+    """
+    path = Path(fig_dir) / (name if name.endswith(".png") else f"{name}.png")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, facecolor="white")
+    data = buf.getvalue()
+    if not (path.exists() and path.read_bytes() == data):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return path
+
+
+# ----- images and maps ---------------------------------------------------------------------
+
+
+def _numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def image_hwc(image) -> np.ndarray:
+    """An image (3, H, W) or (H, W, 3), float in [0, 1] or uint8 -> (H, W, 3) float in [0, 1]."""
+    img = _numpy(image)
+    if img.dtype == np.uint8:
+        img = img.astype(np.float32) / 255
+    if img.ndim != 3:
+        raise ValueError(f"expected one image (3, H, W) or (H, W, 3), got shape {img.shape}")
+    if img.shape[0] == 3 and img.shape[-1] != 3:
+        img = img.transpose(1, 2, 0)
+    return np.clip(img, 0, 1)
+
+
+def show_image(ax, image, title: str | None = None):
+    """Draw an image on ``ax`` without axes; returns the ``AxesImage``."""
+    im = ax.imshow(image_hwc(image))
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title)
+    return im
+
+
+def symmetric_limit(values, percentile: float = 99.5) -> float:
+    """The colour limit ``v`` for a map drawn on [-v, v]: a percentile of ``|values|``.
+
+    A percentile rather than the maximum keeps one extreme pixel from washing out the map.
+    Never 0 (an all-zero map gets a tiny limit), so ``-v < v``.
+    """
+    a = np.abs(_numpy(values)).ravel()
+    v = float(np.percentile(a, percentile)) if a.size else 0.0
+    return v if v > 0 else 1e-12
+
+
+def show_contribution_map(
+    ax,
+    values,
+    percentile: float = 99.5,
+    limit: float | None = None,
+    cmap: str = CONTRIBUTION_CMAP,
+    title: str | None = None,
+    colorbar: bool = False,
+):
+    """Draw a contribution map (H, W) on a diverging colour map centred at 0.
+
+    Parameters
+    ----------
+    ax : matplotlib axes.
+    values : (H, W) map, e.g. :func:`coda.contribution_map` of one image.
+    percentile, limit : colour limits are ``[-v, v]`` with ``v = limit`` if given, else the
+        ``percentile`` of ``|values|`` (see :func:`symmetric_limit`). Share ``limit``
+        between panels that should be comparable.
+    cmap : a diverging colour map (white at its centre).
+    title : optional axes title.
+    colorbar : add a colour bar next to the map.
+
+    Returns
+    -------
+    The ``AxesImage`` (its ``norm`` has ``vmin == -vmax``).
+    """
+    m = _numpy(values)
+    if m.ndim != 2:
+        raise ValueError(f"expected a map (H, W), got shape {m.shape}")
+    v = symmetric_limit(m, percentile) if limit is None else float(limit)
+    im = ax.imshow(m, cmap=cmap, vmin=-v, vmax=v, interpolation="nearest")
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return im
+
+
+def weights_to_rgb(weights, images=None, percentile: float = 99.5, background: float = 0.0) -> np.ndarray:
+    """Show the dynamic linear weights ``W(x)`` over the encoded input ``[x, 1 - x]`` as colours.
+
+    A pixel contributes ``w[:3] . x + w[3:] . (1 - x) = (w[:3] - w[3:]) . x + sum(w[3:])``, so
+    its *effective colour weight* is ``d = w[:3] - w[3:]``: the RGB direction the weight
+    "wants to see". The picture uses
+
+    * colour: ``0.5 + 0.5 * d / max_c |d_c|`` per pixel, the preferred colour at full
+      saturation (a weight for red gives red, for dark gives black, for bright gives white);
+    * opacity: the weight's strength ``||w||`` (over its 6 channels) divided by its
+      ``percentile``-th percentile over the image and clipped to [0, 1]; if ``images`` are
+      given, pixels whose contribution ``w . [x, 1 - x]`` is not positive are transparent
+      (only the evidence *for* the class is shown, as in the paper's figures);
+
+    blended over a grey level ``background`` (0: black).
+
+    Parameters
+    ----------
+    weights : (6, H, W) or (B, 6, H, W), e.g. :func:`coda.dynamic_linear_weights`.
+    images : optional (3, H, W) or (B, 3, H, W) images in [0, 1] that the weights belong to.
+    percentile : percentile of the strength that maps to full opacity.
+    background : grey level in [0, 1] behind transparent pixels.
+
+    Returns
+    -------
+    (H, W, 3) or (B, H, W, 3) float array in [0, 1].
+    """
+    w = _numpy(weights).astype(np.float64)
+    single = w.ndim == 3
+    if single:
+        w = w[None]
+    if w.ndim != 4 or w.shape[1] != 6:
+        raise ValueError(f"expected weights (6, H, W) or (B, 6, H, W), got shape {_numpy(weights).shape}")
+    d = w[:, :3] - w[:, 3:]
+    scale = np.abs(d).max(1, keepdims=True)
+    colour = 0.5 + 0.5 * d / np.where(scale > 0, scale, 1.0)
+    strength = np.sqrt((w**2).sum(1, keepdims=True))
+    if images is not None:
+        x = _numpy(images).astype(np.float64).reshape(w.shape[0], 3, *w.shape[2:])
+        contrib = (w * np.concatenate([x, 1 - x], 1)).sum(1, keepdims=True)
+        strength = np.where(contrib > 0, strength, 0.0)
+    ref = np.percentile(strength.reshape(len(w), -1), percentile, axis=1).reshape(-1, 1, 1, 1)
+    alpha = np.clip(strength / np.where(ref > 0, ref, 1.0), 0, 1)
+    rgb = (alpha * colour + (1 - alpha) * background).transpose(0, 2, 3, 1)
+    rgb = np.clip(rgb, 0, 1)
+    return rgb[0] if single else rgb
+
+
+# ----- curves and summaries (also used by the evaluation notebook) --------------------------
+
+
+def plot_learning_curves(history: Sequence[Mapping], axes=None, label: str = "", chance: float | None = None):
+    """Loss and accuracy per epoch from a training history (:func:`coda.train.train`).
+
+    Parameters
+    ----------
+    history : one dict per epoch with ``epoch``, ``train_loss`` and (optionally)
+        ``train_accuracy``, ``test_accuracy``.
+    axes : two axes (loss, accuracy); a new figure if None.
+    label : prefix for the legend entries (to overlay several runs).
+    chance : draw the chance accuracy as a dashed line.
+
+    Returns
+    -------
+    The figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax_loss, ax_acc = axes
+    epochs = [h["epoch"] for h in history]
+    marker = "o" if len(history) < 15 else None
+    prefix = f"{label} " if label else ""
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker=marker, label=f"{prefix}train")
+    ax_loss.set(xlabel="epoch", ylabel="BCE loss", title="Training loss")
+    for key, name in (("train_accuracy", "train"), ("test_accuracy", "test")):
+        if all(key in h for h in history):
+            ax_acc.plot(epochs, [h[key] for h in history], marker=marker, label=f"{prefix}{name}")
+    if chance is not None:
+        ax_acc.axhline(chance, color="0.5", ls="--", lw=1, label="chance")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
+    ax_acc.legend()
+    ax_loss.legend()
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return ax_loss.figure
+
+
+def plot_per_class_accuracy(per_class: Mapping[str, float], ax=None, chance: float | None = None,
+                            title: str = "Per-class test accuracy"):
+    """Horizontal bars of accuracy per class (as returned by :func:`coda.train.evaluate_accuracy`)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 0.3 * len(per_class) + 1))
+    names = list(per_class)
+    values = [per_class[n] for n in names]
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, values, color=PALETTE[0])
+    for yi, v in zip(y, values, strict=True):
+        ax.text(min(v + 0.01, 0.93), yi, f"{v:.2f}", va="center", fontsize=8)
+    if chance is not None:
+        ax.axvline(chance, color="0.5", ls="--", lw=1, label="chance")
+        ax.legend(loc="lower right")
+    ax.set(yticks=y, yticklabels=names, xlim=(0, 1), xlabel="accuracy", title=title)
+    ax.grid(axis="y", visible=False)
+    return ax
+
+
+def plot_boxes(scores: Mapping[str, Sequence[float]], ax=None, chance: float | None = None,
+               published: Mapping[str, float] | None = None, ylabel: str = "score", title: str = ""):
+    """Box plots of per-example scores by method, with chance and published values.
+
+    Parameters
+    ----------
+    scores : method name -> 1-D scores (e.g. localisation scores of the grid pointing game).
+    chance : a dashed horizontal line (e.g. 1/9).
+    published : method name -> the published mean; drawn as a diamond on that method's box.
+    """
+    import matplotlib.pyplot as plt
+
+    names = list(scores)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4, 0.9 * len(names) + 1), 3.5))
+    data = [np.asarray(_numpy(scores[n]), dtype=float).ravel() for n in names]
+    ax.boxplot(data, showmeans=True, widths=0.6, flierprops={"markersize": 2, "alpha": 0.4},
+               meanprops={"marker": "o", "markerfacecolor": "white", "markeredgecolor": "k"})
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=30 if len(names) > 4 else 0)
+    if chance is not None:
+        ax.axhline(chance, color="0.5", ls="--", lw=1, label="chance")
+    if published:
+        xs = [i + 1 for i, n in enumerate(names) if n in published]
+        ys = [published[n] for n in names if n in published]
+        ax.scatter(xs, ys, marker="D", color=PALETTE[3], zorder=3, label="published mean")
+    if chance is not None or published:
+        ax.legend(loc="best")
+    ax.set(ylabel=ylabel, title=title)
+    ax.grid(axis="x", visible=False)
+    return ax
+
+
+def plot_removal_curves(fractions, curves: Mapping[str, Sequence[float]], ax=None,
+                        published: Mapping[str, float] | None = None,
+                        ylabel: str = "true-class probability", title: str = "Pixel removal"):
+    """Mean probability of the true class while pixels are removed, one curve per method.
+
+    Parameters
+    ----------
+    fractions : (P,) fraction of pixels removed at every evaluation point.
+    curves : method name -> (P,) mean probability.
+    published : method name -> the published mean over the curve; shown in the legend next
+        to the measured mean (the papers report the mean, not the curve).
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    x = 100 * np.asarray(_numpy(fractions), dtype=float)
+    for name, curve in curves.items():
+        y = np.asarray(_numpy(curve), dtype=float)
+        label = f"{name} (mean {y.mean():.3f}"
+        if published and name in published:
+            label += f"; published {published[name]:.3f}"
+        ax.plot(x, y, label=label + ")")
+    ax.set(xlabel="pixels removed (%), least important first", ylabel=ylabel, title=title, ylim=(0, 1))
+    ax.legend(fontsize=8)
+    return ax
+
+
+# ----- interactive explorers (ipywidgets; testable without a browser) ----------------------
+
+
+def _refresher(fig):
+    """An ``Output`` widget and a function that (re)displays ``fig`` inside it.
+
+    Outside IPython (tests, scripts) nothing is displayed; the figure is still updated.
+    """
+    import ipywidgets as widgets
+    from IPython import get_ipython
+    from IPython.display import display
+
+    out = widgets.Output()
+
+    def show():
+        if get_ipython() is None:
+            return
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+
+    return out, show
+
+
+def _default_dau_matrix() -> torch.Tensor:
+    from coda.theory import matrix_with_eigenvectors, unit_vectors
+
+    V = torch.stack([unit_vectors(20.0), unit_vectors(125.0)], 1)  # not orthogonal
+    return matrix_with_eigenvectors([1.5, -0.7], V)
+
+
+def dau_explorer(W: torch.Tensor | None = None, angle: float = 60.0, length: float = 1.0,
+                 norm: str = "l2") -> tuple[object, Callable[[], dict]]:
+    """An interactive 2-D DAU ``x -> g(W x)^T x``: rotate the input, watch the weight align.
+
+    Left: the input ``x``, the normalised dynamic weight ``g(W x)`` and the eigenvectors of
+    ``W`` (dashed). Right: ``DAU(x) / ||x||`` for every input direction, with the current
+    one marked; it reaches 1 exactly at eigenvectors with a positive eigenvalue (L2 norm).
+
+    Parameters
+    ----------
+    W : (2, 2) matrix with real eigenvalues; default: eigenvalues 1.5 (at 20 degrees) and
+        -0.7 (at 125 degrees).
+    angle, length : the initial input direction (degrees) and norm.
+    norm : the initial norm, "l2" or "squash".
+
+    Returns
+    -------
+    ``(widget, update)``: display ``widget`` in a notebook. ``update()`` redraws for the
+    current control values and returns the explorer's state dict (``angle``, ``length``,
+    ``norm``, ``output``, ``weight``); moving a control calls it, and the same dict is
+    updated in place, so ``state = update()`` stays current.
+    """
+    import ipywidgets as widgets
+    from matplotlib.figure import Figure
+
+    from coda.dau import norm_factor
+    from coda.theory import dau_of_matrix, unit_vectors
+
+    W = _default_dau_matrix() if W is None else torch.as_tensor(W, dtype=torch.float64)
+    eigvals, eigvecs = torch.linalg.eig(W)
+    if eigvals.imag.abs().max() > 1e-9:
+        raise ValueError("dau_explorer needs a matrix W with real eigenvalues")
+    eigvals, eigvecs = eigvals.real, eigvecs.real
+    grid = torch.linspace(0, 360, 721, dtype=torch.float64)
+
+    controls = {
+        "angle": widgets.FloatSlider(value=angle, min=0, max=360, step=1, description="angle of x"),
+        "length": widgets.FloatLogSlider(value=length, base=10, min=-1, max=1, step=0.05,
+                                         description="||x||"),
+        "norm": widgets.ToggleButtons(options=["l2", "squash"], value=norm, description="norm g"),
+    }
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    ax_vec, ax_out = fig.subplots(1, 2)
+    lim = 1.25
+    ax_vec.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title="input and dynamic weight")
+    ax_vec.add_artist(_circle(1.0))
+    for lam, v in zip(eigvals, eigvecs.T, strict=True):
+        v = v / v.norm()
+        ax_vec.plot([-lim * v[0], lim * v[0]], [-lim * v[1], lim * v[1]], ls="--", lw=1, color="0.6")
+        ax_vec.text(1.05 * v[0], 1.05 * v[1], f"λ={lam:.2f}", color="0.4", fontsize=8)
+    arrows = ax_vec.quiver([0, 0], [0, 0], [1, 0], [0, 1], angles="xy", scale_units="xy", scale=1,
+                           color=[PALETTE[0], PALETTE[1]], width=0.012)
+    ax_vec.legend(handles=[_patch(PALETTE[0], "x / ||x||"), _patch(PALETTE[1], "g(W x)")],
+                  loc="lower left", fontsize=8)
+    (curve,) = ax_out.plot(grid, grid * 0, color=PALETTE[2])
+    (marker,) = ax_out.plot([angle], [0], "o", color=PALETTE[0], ms=8)
+    ax_out.axhline(1, color="0.5", ls=":", lw=1)
+    ax_out.axhline(-1, color="0.5", ls=":", lw=1)
+    for v in eigvecs.T:
+        a = float(torch.rad2deg(torch.atan2(v[1], v[0]))) % 180
+        for a_ in (a, a + 180):
+            ax_out.axvline(a_, color="0.6", ls="--", lw=1)
+    ax_out.set(xlim=(0, 360), ylim=(-1.1, 1.1), xlabel="angle of x (degrees)", ylabel="DAU(x) / ||x||",
+               xticks=range(0, 361, 60))
+    out, show = _refresher(fig)
+    state: dict = {}
+
+    def update(change=None) -> dict:
+        a, r, g = controls["angle"].value, controls["length"].value, controls["norm"].value
+        xs = r * unit_vectors(grid)
+        curve.set_ydata((dau_of_matrix(xs, W, g) / r).numpy())
+        x = r * unit_vectors(a)[None]
+        y = float(dau_of_matrix(x, W, g)[0])
+        Wx = x @ W.T
+        weight = (Wx * norm_factor(Wx.pow(2).sum(-1, keepdim=True), g))[0]
+        shown_x = x[0] / r
+        arrows.set_UVC([float(shown_x[0]), float(weight[0])], [float(shown_x[1]), float(weight[1])])
+        marker.set_data([a], [y / r])
+        ax_out.set_title(f"DAU(x) = {y:.3f} = {y / r:.3f} ||x||")
+        state.update(angle=a, length=r, norm=g, output=y, weight=weight.tolist())
+        show()
+        return state
+
+    for c in controls.values():
+        c.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox(list(controls.values())[:2]), controls["norm"], out]), update
+
+
+def _circle(radius: float):
+    from matplotlib.patches import Circle
+
+    return Circle((0, 0), radius, fill=False, color="0.8", lw=1)
+
+
+def _patch(color, label: str):
+    from matplotlib.patches import Patch
+
+    return Patch(color=color, label=label)
+
+
+def contribution_explorer(model, images: torch.Tensor, labels: torch.Tensor | None = None,
+                          classes: Sequence[str] | None = None,
+                          percentile: float = 99.5) -> tuple[object, Callable[[], dict]]:
+    """Pick an image, a class and a layer; see the exact contributions to that class's logit.
+
+    Parameters
+    ----------
+    model : a :class:`coda.CoDANet` in eval mode.
+    images : (N, 3, H, W) float images in [0, 1] to choose from.
+    labels : optional (N,) true labels (adds a "true class" choice).
+    classes : class names (default: "class 0", ...).
+    percentile : colour limit of the maps (see :func:`show_contribution_map`).
+
+    Returns
+    -------
+    ``(widget, update)`` as in :func:`dau_explorer`; the state dict holds ``index``,
+    ``target``, ``layer`` (-1 = the encoded input), ``map`` (the (H_l, W_l) array shown),
+    ``total`` (sum of the contributions) and ``logit``.
+    """
+    import ipywidgets as widgets
+    from matplotlib.figure import Figure
+
+    from coda.explain import contribution_map, contributions
+
+    classes = list(classes) if classes is not None else [f"class {c}" for c in range(model.num_classes)]
+    with torch.no_grad():
+        logits = model(images)
+    predicted = logits.argmax(1)
+    class_options = [("predicted class", -1)] + ([("true class", -2)] if labels is not None else [])
+    class_options += [(name, c) for c, name in enumerate(classes)]
+    layer_options = [] if len(model.stem) else [("input [x, 1-x]", -1)]
+    for layer in range(len(model.layers)):
+        c, h, w = model.layer_input(images[:1], layer).shape[1:]
+        layer_options.append((f"input of CoDA layer {layer + 1} ({c}x{h}x{w})", layer))
+    controls = {
+        "index": widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image"),
+        "target": widgets.Dropdown(options=class_options, value=-1, description="class"),
+        "layer": widgets.Dropdown(options=layer_options, value=layer_options[0][1], description="explain"),
+    }
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax_img, ax_map = fig.subplots(1, 2)
+    out, show = _refresher(fig)
+    state: dict = {}
+
+    def update(change=None) -> dict:
+        i, t, layer = controls["index"].value, controls["target"].value, controls["layer"].value
+        target = int(predicted[i]) if t == -1 else int(labels[i]) if t == -2 else t
+        contribs = contributions(model, images[i : i + 1], target, None if layer == -1 else layer)
+        cmap = contribution_map(contribs)[0]
+        total = float(contribs.sum())
+        for ax in (ax_img, ax_map):
+            ax.clear()
+        truth = f", true: {classes[int(labels[i])]}" if labels is not None else ""
+        show_image(ax_img, images[i], title=f"predicted: {classes[int(predicted[i])]}{truth}")
+        show_contribution_map(ax_map, cmap, percentile=percentile,
+                              title=f"{classes[target]}: sum {total:.2f} = logit - b0")
+        state.update(index=i, target=target, layer=layer, map=cmap.numpy(), total=total,
+                     logit=float(logits[i, target]))
+        show()
+        return state
+
+    for c in controls.values():
+        c.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox([controls["index"], controls["target"]]), controls["layer"], out]), update
+
+
+def grid_shape(n: int, max_cols: int = 6) -> tuple[int, int]:
+    """Rows and columns for ``n`` panels with at most ``max_cols`` per row."""
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols

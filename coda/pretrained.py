@@ -1,0 +1,463 @@
+"""Shipped CIFAR-10 models: load them by name, export new ones from training checkpoints.
+
+A folder of shipped models (``data/pretrained/`` in the project) holds, per model ``NAME``,
+
+- ``NAME.pt``: float32 weights, the model config and the metrics (no optimiser state),
+- ``NAME.md``: a model card generated from the same data (how it was trained, how well it
+  does, how to retrain it),
+
+and one ``manifest.json`` that lists them all and names the default teaching model::
+
+    {"format": 1, "default": NAME, "models": {NAME: {"file": "NAME.pt", "sha256": ..., ...}}}
+
+Names end in ``-T<temperature>`` (e.g. ``cifar10-9L-S-f8-T1000``). :func:`load_pretrained`
+checks the file's SHA-256 and its stored config against the manifest before building the model.
+
+Command line::
+
+    python -m coda.pretrained list
+    python -m coda.pretrained evaluate NAME
+    python -m coda.pretrained export --checkpoint runs/NAME/last.pt --name NAME [--default]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+from coda.checkpoint import load_checkpoint, save_checkpoint, sha256, write_json, write_text
+from coda.data import PROJECT_ROOT, load_cifar10
+from coda.models import CoDANet, CoDANetConfig
+from coda.train import TrainConfig, evaluate_accuracy, train_command
+
+PRETRAINED_DIR = PROJECT_ROOT / "data" / "pretrained"
+MANIFEST = "manifest.json"
+FORMAT = 1
+PRECISION_TEXT = {
+    "auto": "precision auto (bf16 autocast on CPU, mixed precision on CUDA)",
+    "fp32": "fp32",
+    "bf16": "bf16 autocast",
+    "fp16": "fp16 autocast",
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-T([0-9.e+]+)$")
+
+
+# ----- reading -----------------------------------------------------------------------------
+
+
+def pretrained_dir(root: str | os.PathLike | None = None) -> Path:
+    """The folder of shipped models: ``root``, else ``data/pretrained/`` in the project."""
+    return PRETRAINED_DIR if root is None else Path(root)
+
+
+def read_manifest(root: str | os.PathLike | None = None) -> dict:
+    """The manifest of ``root`` (an empty one if the folder has none yet)."""
+    path = pretrained_dir(root) / MANIFEST
+    if not path.exists():
+        return {"format": FORMAT, "default": None, "models": {}}
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: manifest format {manifest.get('format')!r}, expected {FORMAT}")
+    return manifest
+
+
+def list_pretrained(root: str | os.PathLike | None = None) -> list[str]:
+    """Sorted names of the shipped models in ``root`` (default ``data/pretrained/``)."""
+    return sorted(read_manifest(root)["models"])
+
+
+def default_name(root: str | os.PathLike | None = None) -> str:
+    """The name of the default teaching model; ``ValueError`` if the manifest names none."""
+    manifest = read_manifest(root)
+    if not manifest.get("default"):
+        raise ValueError(
+            f"{pretrained_dir(root) / MANIFEST} names no default model; pass a name, one of "
+            f"{sorted(manifest['models'])}"
+        )
+    return manifest["default"]
+
+
+def load_pretrained(
+    name: str | None = None,
+    device: str | torch.device | None = None,
+    root: str | os.PathLike | None = None,
+) -> CoDANet:
+    """Load a shipped model, checked against the manifest.
+
+    Parameters
+    ----------
+    name : a name from :func:`list_pretrained`; ``None`` loads the default teaching model.
+    device : where to put the model (default: CPU).
+    root : the folder of shipped models (default ``data/pretrained/`` in the project).
+
+    Returns
+    -------
+    The :class:`CoDANet` in eval mode: images (B, 3, 32, 32) in [0, 1] -> logits (B, 10).
+
+    Raises ``ValueError`` if the name is unknown, the file's SHA-256 differs from the
+    manifest's (corrupted or replaced file), or the config stored in the file differs from
+    the manifest's.
+    """
+    folder = pretrained_dir(root)
+    if not (folder / MANIFEST).exists():
+        raise FileNotFoundError(
+            f"no shipped models: {folder / MANIFEST} not found (export one with `python -m coda.pretrained export`)"
+        )
+    name = default_name(root) if name is None else name
+    entry = _entry(read_manifest(root), name, folder)
+    path = folder / entry["file"]
+    weights = load_checkpoint(path, expected_sha256=entry["sha256"])
+    if weights.get("format") != FORMAT:
+        raise ValueError(f"{path}: weights format {weights.get('format')!r}, expected {FORMAT}")
+    check_config(weights["model_config"], entry["model_config"], f"{path} vs {folder / MANIFEST}")
+    model = CoDANet(config_from_dict(weights["model_config"]))
+    try:
+        model.load_state_dict(weights["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: the weights do not fit the stored config ({err})") from err
+    return model.to(device).eval()
+
+
+def _entry(manifest: dict, name: str, folder: Path) -> dict:
+    if name not in manifest["models"]:
+        raise ValueError(
+            f"no shipped model {name!r} in {folder / MANIFEST}; expected one of {sorted(manifest['models'])}"
+        )
+    return manifest["models"][name]
+
+
+def config_from_dict(config: dict) -> CoDANetConfig:
+    """A :class:`CoDANetConfig` from its dict, also after a JSON round trip (lists -> tuples)."""
+    return CoDANetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+
+
+def _jsonable(obj):
+    """``obj`` as it comes back from JSON (tuples become lists): the form configs are compared in."""
+    return json.loads(json.dumps(obj))
+
+
+def check_config(stored: dict, expected: dict, where: str) -> None:
+    """Raise ``ValueError`` naming the fields where two model configs differ."""
+    stored, expected = _jsonable(stored), _jsonable(expected)
+    if stored != expected:
+        fields = sorted(k for k in stored.keys() | expected.keys() if stored.get(k) != expected.get(k))
+        diffs = ", ".join(f"{k}: {stored.get(k)!r} != {expected.get(k)!r}" for k in fields)
+        raise ValueError(f"model config mismatch ({where}): {diffs}")
+
+
+def model_from_checkpoint(ckpt: dict) -> CoDANet:
+    """The model of a training checkpoint (a dict written by :mod:`coda.train`), eval mode."""
+    model = CoDANet(config_from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model.eval()
+
+
+# ----- exporting ---------------------------------------------------------------------------
+
+
+def check_name(name: str, temperature: float) -> None:
+    """Raise ``ValueError`` unless ``name`` is a plain file name ending in ``-T<temperature>``."""
+    m = _NAME.match(name)
+    if m is None or not _same_number(m.group(1), temperature):
+        raise ValueError(
+            f"model name {name!r} must be letters, digits, '-', '_' or '.' and end in "
+            f"'-T{temperature:g}' (the model's temperature)"
+        )
+
+
+def _same_number(text: str, value: float) -> bool:
+    try:
+        return float(text) == float(value)
+    except ValueError:
+        return False
+
+
+def export_pretrained(
+    checkpoint_path: str | os.PathLike,
+    name: str,
+    *,
+    dest: str | os.PathLike | None = None,
+    test_accuracy: float | None = None,
+    per_class: dict[str, float] | None = None,
+    test_images: int | None = None,
+    notes: str = "",
+    default: bool = False,
+    hardware: str | None = None,
+) -> Path:
+    """Turn a training checkpoint into a shipped model: weights file, model card, manifest entry.
+
+    Parameters
+    ----------
+    checkpoint_path : a ``last.pt`` written by :func:`coda.train.train`.
+    name : the shipped name, ending in ``-T<temperature>``; an existing entry is replaced.
+    dest : the folder of shipped models (default ``data/pretrained/`` in the project).
+    test_accuracy, per_class, test_images : the test-set evaluation (see
+        :func:`coda.train.evaluate_accuracy`); recorded in the manifest and the card.
+    notes : markdown for the card's "Why this architecture" section.
+    default : make this the default teaching model.
+    hardware : the machine that trained it, for the card (default: this machine).
+
+    Returns
+    -------
+    The path of the weights file. Every file is written atomically.
+    """
+    folder = pretrained_dir(dest)
+    ckpt = load_checkpoint(checkpoint_path)
+    model_config = _jsonable(ckpt["model_config"])
+    check_name(name, model_config["temperature"])
+    model = model_from_checkpoint(ckpt)  # fails early on an inconsistent checkpoint
+    metrics = {"test_accuracy": test_accuracy, "per_class_accuracy": per_class, "test_images": test_images}
+    weights = {
+        "format": FORMAT,
+        "name": name,
+        "model_config": model_config,
+        "train_config": _jsonable(ckpt["config"]),
+        "metrics": metrics,
+        "state_dict": {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()},
+    }
+    path = folder / f"{name}.pt"
+    save_checkpoint(weights, path)
+    entry = _manifest_entry(ckpt, name, path, model, metrics, hardware or describe_machine())
+    write_text(model_card(entry, notes), folder / entry["card"])
+    manifest = read_manifest(dest)
+    manifest["models"][name] = entry
+    if default or not manifest.get("default"):
+        manifest["default"] = name
+    write_json(manifest, folder / MANIFEST)
+    return path
+
+
+def _manifest_entry(ckpt: dict, name: str, path: Path, model: CoDANet, metrics: dict, hardware: str) -> dict:
+    cfg = ckpt["config"]
+    return {
+        "file": path.name,
+        "card": f"{name}.md",
+        "sha256": sha256(path),
+        "size_bytes": path.stat().st_size,
+        "model": cfg["model"],
+        "model_config": _jsonable(ckpt["model_config"]),
+        "train_config": _jsonable(cfg),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "epochs": ckpt["epoch"],
+        "steps_into_epoch": ckpt["step"],
+        "wall_time_s": round(ckpt["wall_time"], 1),
+        "hardware": hardware,
+        "history": _jsonable(ckpt["history"]),
+        "retrain": train_command(TrainConfig(**cfg), out=f"runs/{name}"),
+        **metrics,
+    }
+
+
+def describe_machine() -> str:
+    """A one-line description of this machine (for model cards)."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name()
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {device}, torch {torch.__version__}"
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "CPU"
+
+
+# ----- the model card ----------------------------------------------------------------------
+
+
+def model_card(entry: dict, notes: str = "") -> str:
+    """The markdown model card of a manifest ``entry`` (see :func:`export_pretrained`)."""
+    name = entry["file"].removesuffix(".pt")
+    sections = [
+        f"# {name}\n\nA CoDA-Net for CIFAR-10, trained with `coda.train` and exported with "
+        "`python -m coda.pretrained export`. Generated from the training checkpoint; do not edit by hand.",
+        _summary_table(entry),
+        _layer_table(entry["model_config"]),
+        _per_class_table(entry),
+        _history_table(entry["history"]),
+        f"## Retrain\n\n```bash\n{entry['retrain']}\n```\n\nRerunning the same command resumes "
+        f"from `runs/{name}/last.pt`; a resumed run ends bit-identical to an uninterrupted one.",
+        f"## Load\n\n```python\nfrom coda.pretrained import load_pretrained\n\n"
+        f"model = load_pretrained({name!r})  # checks the SHA-256 against manifest.json\n```",
+        "## Why this architecture\n\n" + (notes.strip() or "(no notes given)"),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def _summary_table(entry: dict) -> str:
+    mc, tc = entry["model_config"], entry["train_config"]
+    rows = [
+        ("architecture", f"`{_build_call(entry['model'], tc['model_overrides'])}`"),
+        ("parameters", f"{entry['parameters']:,}"),
+        ("temperature T", f"{mc['temperature']:g}"),
+        ("ranks", ", ".join(str(m * mc["rank_factor"]) for m in mc["rank_multipliers"])),
+        ("norm", mc["norm"]),
+        ("test accuracy", _accuracy_text(entry)),
+        ("training", _training_text(entry)),
+        ("schedule", _schedule_text(tc)),
+        ("wall time", f"{_duration(entry['wall_time_s'])} of training on {entry['hardware']}"),
+        ("file", f"`{entry['file']}`, {entry['size_bytes'] / 1e6:.1f} MB, SHA-256 `{entry['sha256']}`"),
+    ]
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _build_call(model: str, overrides: dict) -> str:
+    args = [repr(model)] + [f"{k}={v!r}" for k, v in overrides.items()]
+    return f"build_model({', '.join(args)})"
+
+
+def _accuracy_text(entry: dict) -> str:
+    if entry["test_accuracy"] is None:
+        return "not evaluated"
+    n = entry["test_images"]
+    where = f"{n:,} CIFAR-10 test images" if n else "the CIFAR-10 test set"
+    return f"**{100 * entry['test_accuracy']:.2f} %** on {where} (fp32)"
+
+
+def _training_text(entry: dict) -> str:
+    tc = entry["train_config"]
+    done = f"{entry['epochs']} epoch" + ("s" if entry["epochs"] != 1 else "")
+    if entry["epochs"] < tc["epochs"] or entry["steps_into_epoch"]:
+        done = f"{entry['epochs']} of {tc['epochs']} planned epochs (stopped early)"
+    subset = f" on the first {tc['train_subset']:,} images" if tc["train_subset"] else ""
+    aug = "random crop (pad 4) + horizontal flip" if tc["augment"] else "no augmentation"
+    precision = PRECISION_TEXT.get(tc["precision"], tc["precision"])
+    return (
+        f"{done}{subset}, batch {tc['batch_size']} (accumulate {tc['accumulate']}), "
+        f"{precision}, {aug}, seed {tc['seed']}"
+    )
+
+
+def _schedule_text(tc: dict) -> str:
+    if tc["schedule"] == "paper":
+        return f"Adam, lr {tc['lr']:g} divided by 1.5 every 30 epochs (the paper's)"
+    return (
+        f"Adam, peak lr {tc['lr']:g}, linear warm-up over {tc['warmup_epochs']:g} epoch(s), "
+        "then cosine decay to 0"
+    )
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def _layer_table(mc: dict) -> str:
+    head = "## Layers\n\n| layer | " + " | ".join(str(i + 1) for i in range(len(mc["channels"]))) + " |"
+    rows = [
+        ("out channels", mc["channels"]),
+        ("kernel", mc["kernel_sizes"]),
+        ("stride", mc["strides"]),
+        ("rank", [m * mc["rank_factor"] for m in mc["rank_multipliers"]]),
+    ]
+    lines = [head, "|---" * (len(mc["channels"]) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(map(str, values)) + " |" for label, values in rows]
+    stem = (
+        f"\n\nThe first {mc['stem_depth']} layers are a conventional conv-BN-ReLU stem."
+        if mc["stem_depth"]
+        else ""
+    )
+    return "\n".join(lines) + stem
+
+
+def _per_class_table(entry: dict) -> str:
+    per_class = entry["per_class_accuracy"]
+    if not per_class:
+        return "## Per-class test accuracy\n\nnot evaluated"
+    rows = "\n".join(f"| {c} | {100 * a:.1f} % |" for c, a in per_class.items())
+    return f"## Per-class test accuracy\n\n| class | accuracy |\n|---|---|\n{rows}"
+
+
+def _history_table(history: list[dict]) -> str:
+    if not history:
+        return "## Training curve\n\nno finished epoch"
+    rows = "\n".join(
+        f"| {h['epoch']} | {h['lr']:.2e} | {h['train_loss']:.4f} | {100 * h['train_accuracy']:.1f} % "
+        f"| {100 * h['test_accuracy']:.1f} % | {h['images_per_s']:.0f} |"
+        for h in history
+    )
+    return (
+        "## Training curve\n\nTest accuracy per epoch on the run's test set (`test_subset` if set); "
+        "train loss and accuracy over the epoch's augmented batches.\n\n"
+        "| epoch | lr | train loss | train acc | test acc | images/s |\n|---|---|---|---|---|---|\n" + rows
+    )
+
+
+# ----- command line ------------------------------------------------------------------------
+
+
+def _evaluate(model: CoDANet, data_root: str | None, n: int | None, device: str | None) -> dict:
+    test = load_cifar10("test", data_root)
+    test = test.first(n) if n else test
+    return evaluate_accuracy(model.to(device), test, precision="fp32")
+
+
+def _cmd_export(a: argparse.Namespace) -> None:
+    model = model_from_checkpoint(load_checkpoint(a.checkpoint))
+    result = _evaluate(model, a.data, a.test_images, a.device)
+    print(f"test accuracy {result['accuracy']:.4f} on {result['n']} images")
+    notes = Path(a.notes_file).read_text() if a.notes_file else ""
+    path = export_pretrained(
+        a.checkpoint,
+        a.name,
+        dest=a.dest,
+        test_accuracy=result["accuracy"],
+        per_class=result["per_class"],
+        test_images=result["n"],
+        notes=notes,
+        default=a.default,
+    )
+    print(f"wrote {path}, {path.with_suffix('.md')} and {path.parent / MANIFEST}")
+
+
+def _cmd_list(a: argparse.Namespace) -> None:
+    manifest = read_manifest(a.root)
+    if not manifest["models"]:
+        print(f"no shipped models in {pretrained_dir(a.root)}")
+    for name in sorted(manifest["models"]):
+        entry = manifest["models"][name]
+        acc = "-" if entry["test_accuracy"] is None else f"{entry['test_accuracy']:.4f}"
+        print(f"{name}\ttest accuracy {acc}" + ("\t(default)" if name == manifest["default"] else ""))
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> None:
+    model = load_pretrained(a.name, device=a.device, root=a.root)
+    result = _evaluate(model, a.data, a.n, a.device)
+    print(f"{a.name or default_name(a.root)}: test accuracy {result['accuracy']:.4f} on {result['n']} images")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m coda.pretrained", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="evaluate a training checkpoint on the test set and ship it")
+    e.add_argument("--checkpoint", required=True, help="last.pt written by python -m coda.train")
+    e.add_argument("--name", required=True, help="shipped name, ending in -T<temperature>")
+    e.add_argument("--default", action="store_true", help="make it the default teaching model")
+    e.add_argument("--notes-file", help="markdown for the card's 'Why this architecture' section")
+    e.add_argument("--dest", help="folder of shipped models (default: data/pretrained)")
+    e.add_argument("--test-images", type=int, help="evaluate on the first N test images (default: all)")
+    e.set_defaults(run=_cmd_export)
+    ls = sub.add_parser("list", help="list the shipped models")
+    ls.add_argument("--root", help="folder of shipped models (default: data/pretrained)")
+    ls.set_defaults(run=_cmd_list)
+    ev = sub.add_parser("evaluate", help="test accuracy of a shipped model")
+    ev.add_argument("name", nargs="?", help="shipped name (default: the default model)")
+    ev.add_argument("--root", help="folder of shipped models (default: data/pretrained)")
+    ev.add_argument("--n", type=int, help="evaluate on the first N test images (default: all)")
+    ev.set_defaults(run=_cmd_evaluate)
+    for sp in (e, ev):
+        sp.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
+        sp.add_argument("--device")
+    a = p.parse_args(argv)
+    a.run(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Run the workbook: every ``notebooks/NN_*.ipynb`` in order, through papermill.
+
+::
+
+    python -m coda.workbook                      # all notebooks, full mode
+    python -m coda.workbook --smoke              # short runs (what CI does)
+    python -m coda.workbook --only 01 03 --out build/notebooks --fig-dir figures
+
+Executed copies go to ``--out`` (an ignored build folder; the committed notebooks stay
+without outputs); figures go to ``--fig-dir``. The notebooks get the parameters ``SMOKE``
+(when ``--smoke``/``--full`` is given; otherwise they default to the ``CI`` environment
+variable), ``FIG_DIR``, ``DATA_DIR`` (when given) and any ``-p NAME VALUE``. A failing
+notebook is reported with its failing cell and error, and the command exits with status 1.
+
+The module also holds the two helpers every notebook's first cells use:
+:func:`seed_everything` and :func:`resolve_device`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_.+\.ipynb$")
+KERNEL = "python3"
+
+
+# ----- helpers for the notebooks ------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (for notebooks, not library code)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | None = "auto"):
+    """``"auto"``/None -> CUDA if available, else CPU; anything else -> ``torch.device(device)``."""
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_shipped_model(device=None) -> tuple[object | None, dict | None, str]:
+    """The default shipped model (:mod:`coda.pretrained`), if there is one.
+
+    Returns
+    -------
+    ``(model, entry, message)``: the model in eval mode and its manifest entry (config,
+    training history, test accuracy, ...), or ``(None, None, message)`` when no shipped
+    model is available; ``message`` says which, for the notebook's output.
+    """
+    try:
+        from coda import pretrained
+
+        name = pretrained.default_name()
+        model = pretrained.load_pretrained(name, device=device)
+        entry = pretrained.read_manifest()["models"][name]
+    except (ImportError, FileNotFoundError, ValueError) as err:
+        return None, None, f"No shipped model is available ({type(err).__name__}: {err})."
+    return model, entry, f"Loaded the shipped model {name!r}."
+
+
+# ----- finding and running notebooks ----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class NotebookResult:
+    """The outcome of one notebook run.
+
+    name : file name; output : path of the executed copy; seconds : wall time;
+    error : None on success, else a one-paragraph description naming the failing cell.
+    """
+
+    name: str
+    output: Path
+    seconds: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def find_notebooks(notebook_dir: str | Path = PROJECT_ROOT / "notebooks",
+                   only: Sequence[str] | None = None) -> list[Path]:
+    """The numbered notebooks ``NN_*.ipynb`` of ``notebook_dir``, in order.
+
+    only : keep notebooks whose number (``"01"``) or file name (with or without
+        ``.ipynb``) is listed; a name that matches nothing raises ``ValueError``.
+    """
+    paths = sorted(p for p in Path(notebook_dir).iterdir() if NOTEBOOK_PATTERN.match(p.name))
+    if only is None:
+        return paths
+    keys = {str(k).removesuffix(".ipynb") for k in only}
+    chosen = [p for p in paths if p.stem in keys or p.name[:2] in keys]
+    unknown = keys - {p.stem for p in chosen} - {p.name[:2] for p in chosen}
+    if unknown:
+        names = ", ".join(p.name for p in paths) or "none"
+        raise ValueError(f"no notebook matches {sorted(unknown)} in {notebook_dir} (found: {names})")
+    return chosen
+
+
+@contextlib.contextmanager
+def _kernel_environment(extra_path: Path) -> Iterator[None]:
+    """Put the project on the kernel's PYTHONPATH, so ``import coda`` needs no install."""
+    old = os.environ.get("PYTHONPATH")
+    parts = [str(extra_path)] + ([old] if old else [])
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def describe_error(err: Exception, source_cells: Sequence[str] = ()) -> str:
+    """A readable description of a papermill failure: which cell, which error.
+
+    ``source_cells`` are the sources of the *committed* notebook's cells, used to give the
+    cell's number there (papermill's own index counts its injected parameters cell).
+    """
+    from papermill.exceptions import PapermillExecutionError
+
+    if not isinstance(err, PapermillExecutionError):
+        return f"{type(err).__name__}: {err}"
+    number = next((i for i, s in enumerate(source_cells) if s == err.source), None)
+    where = f"cell {number}" if number is not None else f"cell index {err.cell_index}"
+    first_line = next((line for line in err.source.splitlines() if line.strip()), "")
+    return (f"{where} (In [{err.exec_count}]), starting {first_line.strip()!r}: "
+            f"{err.ename}: {err.evalue}".rstrip(": "))
+
+
+def run_notebooks(
+    notebook_dir: str | Path = PROJECT_ROOT / "notebooks",
+    out_dir: str | Path = PROJECT_ROOT / "build" / "notebooks",
+    fig_dir: str | Path = PROJECT_ROOT / "figures",
+    smoke: bool | None = None,
+    only: Sequence[str] | None = None,
+    data_dir: str | Path | None = None,
+    parameters: Mapping[str, object] | None = None,
+    cell_timeout: float | None = None,
+    stop_on_error: bool = True,
+    progress: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> list[NotebookResult]:
+    """Execute the numbered notebooks in order with papermill (kernel ``python3``).
+
+    Parameters
+    ----------
+    notebook_dir : where the ``NN_*.ipynb`` are; each runs with this as working directory.
+    out_dir : where the executed copies are written (same file names).
+    fig_dir : injected as ``FIG_DIR`` (absolute).
+    smoke : injected as ``SMOKE`` unless None (then each notebook's default applies: the
+        ``CI`` environment variable).
+    only : numbers or names of the notebooks to run (see :func:`find_notebooks`).
+    data_dir : injected as ``DATA_DIR`` unless None.
+    parameters : further parameters to inject.
+    cell_timeout : seconds any one cell may run (None: no limit).
+    stop_on_error : skip the remaining notebooks after a failure.
+    progress : show papermill's per-cell progress bar.
+    log : called with one line per notebook (None: silent).
+
+    Returns
+    -------
+    One :class:`NotebookResult` per notebook run, in order.
+    """
+    import nbformat
+    import papermill as pm
+
+    say = log or (lambda _line: None)
+    paths = find_notebooks(notebook_dir, only)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"FIG_DIR": str(Path(fig_dir).resolve())}
+    if smoke is not None:
+        params["SMOKE"] = bool(smoke)
+    if data_dir is not None:
+        params["DATA_DIR"] = str(Path(data_dir).resolve())
+    params.update(parameters or {})
+    results = []
+    with _kernel_environment(PROJECT_ROOT):
+        for i, path in enumerate(paths, 1):
+            out = out_dir / path.name
+            say(f"[{i}/{len(paths)}] {path.name} ...")
+            start = time.perf_counter()
+            error = None
+            try:
+                pm.execute_notebook(
+                    str(path), str(out), parameters=params, kernel_name=KERNEL, cwd=str(path.parent),
+                    progress_bar=progress, execution_timeout=cell_timeout,
+                )
+            except Exception as err:  # papermill raises PapermillExecutionError and others
+                sources = [c.source for c in nbformat.read(path, as_version=4).cells]
+                error = describe_error(err, sources)
+            seconds = time.perf_counter() - start
+            results.append(NotebookResult(path.name, out, seconds, error))
+            if error is None:
+                say(f"[{i}/{len(paths)}] {path.name} ok in {seconds:.1f} s")
+            else:
+                say(f"[{i}/{len(paths)}] {path.name} FAILED after {seconds:.1f} s in {error}\n"
+                    f"    the executed copy with the traceback: {out}")
+                if stop_on_error:
+                    break
+    return results
+
+
+def format_summary(results: Sequence[NotebookResult]) -> str:
+    """A plain-text table: notebook, status, wall time, and the total."""
+    width = max([len("notebook")] + [len(r.name) for r in results])
+    lines = [f"{'notebook':<{width}}  status  wall time", f"{'-' * width}  ------  ---------"]
+    for r in results:
+        lines.append(f"{r.name:<{width}}  {'ok' if r.ok else 'FAILED':<6}  {r.seconds:8.1f} s")
+    lines.append(f"{'total':<{width}}  {'':<6}  {sum(r.seconds for r in results):8.1f} s")
+    return "\n".join(lines)
+
+
+def _parse_value(text: str) -> object:
+    """A ``-p`` value: JSON if it parses (numbers, true/false, null, lists), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m coda.workbook", description=__doc__.split("\n\n")[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", dest="smoke", action="store_true", default=None,
+                      help="short runs (SMOKE=True), as in CI")
+    mode.add_argument("--full", dest="smoke", action="store_false", help="full runs (SMOKE=False)")
+    p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (e.g. 01 03)")
+    p.add_argument("--notebooks", default=str(PROJECT_ROOT / "notebooks"), help="folder of NN_*.ipynb")
+    p.add_argument("--out", default=str(PROJECT_ROOT / "build" / "notebooks"), help="executed copies")
+    p.add_argument("--fig-dir", default=str(PROJECT_ROOT / "figures"), help="figure folder (FIG_DIR)")
+    p.add_argument("--data", help="data folder (DATA_DIR; default: the notebooks' own default)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="another parameter to inject (VALUE parsed as JSON if possible)")
+    p.add_argument("--cell-timeout", type=float, help="seconds one cell may run")
+    p.add_argument("--keep-going", action="store_true", help="run the remaining notebooks after a failure")
+    p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    a = p.parse_args(argv)
+    try:
+        results = run_notebooks(
+            a.notebooks, a.out, a.fig_dir, smoke=a.smoke, only=a.only, data_dir=a.data,
+            parameters={k: _parse_value(v) for k, v in a.parameter}, cell_timeout=a.cell_timeout,
+            stop_on_error=not a.keep_going, progress=not a.no_progress,
+        )
+    except ValueError as err:
+        p.error(str(err))
+    print()
+    print(format_summary(results))
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        print(f"\nFAILED: {r.name}, {r.error}\n  executed copy: {r.output}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

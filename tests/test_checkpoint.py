@@ -1,0 +1,117 @@
+"""coda.checkpoint: atomic writes, SHA-256 checks, unreadable files."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+import coda.checkpoint as C
+
+
+def sample() -> dict:
+    return {"weights": torch.arange(6.0).reshape(2, 3), "step": 7, "name": "x", "ranks": (8, 16)}
+
+
+def leftovers(folder) -> list[str]:
+    """Files in ``folder`` that look like temporary files of an atomic write."""
+    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_save_and_load_round_trip(tmp_path):
+    path = tmp_path / "sub" / "ckpt.pt"
+    C.save_checkpoint(sample(), path)
+    loaded = C.load_checkpoint(path, expected_sha256=C.sha256(path))
+    assert torch.equal(loaded["weights"], sample()["weights"])
+    assert (loaded["step"], loaded["name"], loaded["ranks"]) == (7, "x", (8, 16))
+    assert leftovers(path.parent) == []
+
+
+def test_sha256_is_the_hash_of_the_bytes(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"coda" * 1000)
+    assert C.sha256(path) == hashlib.sha256(b"coda" * 1000).hexdigest()
+
+
+def test_wrong_sha256_raises(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    C.save_checkpoint(sample(), path)
+    with pytest.raises(ValueError, match="SHA-256") as err:
+        C.load_checkpoint(path, expected_sha256="0" * 64)
+    assert C.sha256(path) in str(err.value) and "0" * 64 in str(err.value)
+
+
+def test_truncated_file_raises_value_error(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    C.save_checkpoint(sample(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="could not be read"):
+        C.load_checkpoint(path)
+
+
+def test_garbage_file_raises_value_error(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(ValueError, match=str(path)):
+        C.load_checkpoint(path)
+
+
+def test_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        C.load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_arbitrary_objects_are_refused(tmp_path):
+    """Only tensors and plain Python load (weights_only): a checkpoint cannot run code."""
+    path = tmp_path / "ckpt.pt"
+    C.save_checkpoint({"model": torch.nn.Linear(2, 2)}, path)
+    with pytest.raises(ValueError, match="could not be read"):
+        C.load_checkpoint(path)
+
+
+def test_failed_write_keeps_the_previous_file_and_no_temp_file(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"previous")
+
+    def writer(f):
+        f.write(b"half of the new cont")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        C.atomic_write_bytes(path, writer)
+    assert path.read_bytes() == b"previous"
+    assert leftovers(tmp_path) == [] and [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+def test_interrupted_torch_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    C.save_checkpoint(sample(), path)
+    digest = C.sha256(path)
+
+    def broken_save(obj, f):
+        f.write(b"PK\x03\x04 partial zip")
+        raise KeyboardInterrupt  # like a job killed mid-write
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        C.save_checkpoint({"other": torch.zeros(3)}, path)
+    assert C.sha256(path) == digest
+    assert C.load_checkpoint(path)["step"] == 7
+    assert leftovers(tmp_path) == []
+
+
+def test_write_json_is_sorted_indented_and_atomic(tmp_path):
+    path = tmp_path / "m.json"
+    C.write_json({"b": 1, "a": [1, 2]}, path)
+    text = path.read_text()
+    assert text.endswith("\n") and text.index('"a"') < text.index('"b"')
+    assert json.loads(text) == {"a": [1, 2], "b": 1}
+    with pytest.raises(TypeError):
+        C.write_json({"a": object()}, path)  # not serialisable: fails before touching the file
+    assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1}
+
+
+def test_write_text(tmp_path):
+    C.write_text("héllo\n", tmp_path / "card.md")
+    assert (tmp_path / "card.md").read_text(encoding="utf-8") == "héllo\n"
+    assert oct((tmp_path / "card.md").stat().st_mode & 0o777) == oct(0o644)

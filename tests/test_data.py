@@ -1,0 +1,280 @@
+"""coda.data: the offline CIFAR-10 cache, the data-folder rule, subsets, augmentation, TinyImagenet.
+
+Nothing here touches the network: the torchvision download is replaced by fakes.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import coda.data as data
+from coda.data import CIFAR10_CLASSES, ImageDataset, augment, data_dir, load_cifar10, load_tinyimagenet
+
+CIFAR_ROOT = Path(os.environ.get("CODA_DATA") or data.PROJECT_ROOT / "data")
+needs_cifar = pytest.mark.skipif(
+    not (CIFAR_ROOT / "cifar10" / "test.npz").exists(),
+    reason=f"CIFAR-10 cache not found in {CIFAR_ROOT / 'cifar10'} (set CODA_DATA to a folder with cifar10/)",
+)
+
+
+def write_fake_cache(root: Path, split: str, n: int, label: int) -> None:
+    """A tiny cache ``<root>/cifar10/<split>.npz`` whose labels are all ``label``."""
+    folder = root / "cifar10"
+    folder.mkdir(parents=True, exist_ok=True)
+    images = np.full((n, 32, 32, 3), 7, dtype=np.uint8)
+    np.savez(
+        folder / f"{split}.npz",
+        images=images,
+        labels=np.full(n, label, dtype=np.int64),
+        classes=np.array(CIFAR10_CLASSES),
+    )
+
+
+def toy_dataset(labels: list[int]) -> ImageDataset:
+    """Image ``i`` is filled with the value ``i``, so subsets can be traced back."""
+    n = len(labels)
+    images = torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 3, 4, 4).contiguous()
+    return ImageDataset(images, torch.tensor(labels), tuple(f"c{i}" for i in range(3)))
+
+
+# ----- CIFAR-10 from the offline cache ---------------------------------------------------------
+
+
+@needs_cifar
+def test_cifar10_test_split_from_cache():
+    ds = load_cifar10("test", CIFAR_ROOT, download=False)
+    assert ds.images.shape == (10_000, 3, 32, 32) and ds.images.dtype == torch.uint8
+    assert ds.labels.shape == (10_000,) and ds.labels.dtype == torch.int64
+    assert ds.classes == CIFAR10_CLASSES
+    assert torch.bincount(ds.labels).tolist() == [1000] * 10
+    assert 0 < ds.images.float().mean() < 255  # real pixels, not a blank array
+
+
+@needs_cifar
+def test_cifar10_train_split_from_cache():
+    ds = load_cifar10("train", CIFAR_ROOT, download=False)
+    assert ds.images.shape == (50_000, 3, 32, 32) and ds.images.dtype == torch.uint8
+    assert ds.labels.min() == 0 and ds.labels.max() == 9
+    counts = torch.bincount(ds.first(1000).labels, minlength=10)
+    assert counts.min() > 60, "the offline copy is shuffled, so a prefix is close to balanced"
+
+
+@needs_cifar
+def test_cifar10_float_images_in_unit_range():
+    x = load_cifar10("test", CIFAR_ROOT, download=False).float_images(slice(0, 8))
+    assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32
+    assert 0 <= x.min() and x.max() <= 1 and x.max() > 0.5
+
+
+def test_bad_split_raises():
+    with pytest.raises(ValueError, match="split must be"):
+        load_cifar10("val", "/nonexistent", download=False)
+
+
+# ----- which data folder -----------------------------------------------------------------------
+
+
+def test_root_argument_beats_coda_data_beats_project_data(tmp_path, monkeypatch):
+    explicit, env, project = tmp_path / "explicit", tmp_path / "env", tmp_path / "project"
+    write_fake_cache(explicit, "test", 2, label=1)
+    write_fake_cache(env, "test", 2, label=2)
+    write_fake_cache(project / "data", "test", 2, label=3)
+    monkeypatch.setattr(data, "PROJECT_ROOT", project)
+    monkeypatch.setenv("CODA_DATA", str(env))
+    assert load_cifar10("test", explicit, download=False).labels.tolist() == [1, 1]
+    assert load_cifar10("test", download=False).labels.tolist() == [2, 2]
+    monkeypatch.delenv("CODA_DATA")
+    assert load_cifar10("test", download=False).labels.tolist() == [3, 3]
+    assert data_dir() == project / "data"
+
+
+def test_empty_coda_data_means_unset(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setenv("CODA_DATA", "")
+    assert data_dir() == tmp_path / "data"
+
+
+# ----- a missing cache -----------------------------------------------------------------------
+
+
+def test_missing_cache_without_download_says_where_to_put_files(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_cifar10("train", tmp_path, download=False)
+    message = str(err.value)
+    assert str(tmp_path / "cifar10") in message
+    assert "train.npz" in message and "CODA_DATA" in message
+
+
+def test_failed_download_raises_file_not_found(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise RuntimeError("no network here")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_network)
+    with pytest.raises(FileNotFoundError, match="download failed: no network here") as err:
+        load_cifar10("test", tmp_path, download=True)
+    assert str(tmp_path / "cifar10") in str(err.value)
+    assert not (tmp_path / "cifar10" / "test.npz").exists()
+
+
+def test_download_writes_the_cache(tmp_path, monkeypatch):
+    """A (fake) torchvision download is converted to the .npz cache and then read from it."""
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            assert download and not train
+            self.data = np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3)
+            self.targets = [4, 9]
+            self.classes = list(CIFAR10_CLASSES)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    ds = load_cifar10("test", tmp_path, download=True)
+    assert (tmp_path / "cifar10" / "test.npz").exists()
+    assert ds.labels.tolist() == [4, 9]
+    assert torch.equal(ds.images, torch.from_numpy(FakeCIFAR10(None, False, True).data).permute(0, 3, 1, 2))
+    assert [p.name for p in (tmp_path / "cifar10").iterdir() if "tmp" in p.name] == []
+
+
+# ----- the dataset and its subsets -------------------------------------------------------------
+
+
+def test_dataset_validates_dtype_and_labels():
+    with pytest.raises(ValueError, match="uint8"):
+        ImageDataset(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long), ("a",))
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        ImageDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.long), ("a",))
+
+
+def test_first_n():
+    ds = toy_dataset([0, 1, 2, 0, 1])
+    sub = ds.first(3)
+    assert len(sub) == 3 and sub.classes == ds.classes
+    assert sub.images[:, 0, 0, 0].tolist() == [0, 1, 2] and sub.labels.tolist() == [0, 1, 2]
+
+
+def test_per_class_keeps_the_first_n_of_each_class_in_order():
+    ds = toy_dataset([2, 0, 0, 1, 2, 0, 2, 1])
+    sub = ds.per_class(2)
+    assert sub.images[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 7]
+    assert sub.labels.tolist() == [2, 0, 0, 1, 2, 1]
+    assert len(ds.per_class(10)) == len(ds)
+
+
+# ----- augmentation ----------------------------------------------------------------------------
+
+
+def distinct_images(b: int, c: int = 2, h: int = 6, w: int = 7) -> torch.Tensor:
+    """Images whose every pixel value is distinct and non-zero (zero is the padding)."""
+    return torch.arange(1, b * c * h * w + 1, dtype=torch.float32).reshape(b, c, h, w)
+
+
+def crop_and_flip(image: torch.Tensor, pad: int) -> list[torch.Tensor]:
+    """Every crop of the zero-padded ``image`` (C, H, W), each also mirrored: 2 (2p+1)^2 tensors."""
+    _, h, w = image.shape
+    padded = torch.nn.functional.pad(image, (pad,) * 4)
+    crops = [padded[:, t : t + h, s : s + w] for t in range(2 * pad + 1) for s in range(2 * pad + 1)]
+    return crops + [c.flip(-1) for c in crops]
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_augment_keeps_shape_and_dtype():
+    for dtype in (torch.float32, torch.uint8):
+        x = torch.randint(0, 255, (5, 3, 8, 8)).to(dtype)
+        y = augment(x, gen(0))
+        assert y.shape == x.shape and y.dtype == dtype
+
+
+def test_augment_is_a_shifted_crop_of_the_padded_image_or_its_mirror():
+    x = distinct_images(64)
+    y = augment(x, gen(0), padding=3)
+    kinds = []
+    for image, out in zip(x, y, strict=True):
+        candidates = crop_and_flip(image, 3)
+        matches = [i for i, c in enumerate(candidates) if torch.equal(c, out)]
+        assert len(matches) == 1, "the output must be exactly one crop (or mirrored crop)"
+        kinds.append(matches[0])
+    n_crops = 7 * 7
+    assert any(k < n_crops for k in kinds) and any(k >= n_crops for k in kinds), "both flips occur"
+    assert len({k % n_crops for k in kinds}) > 20, "many different shifts occur"
+
+
+def test_augment_same_seed_same_result_different_seed_different():
+    x = distinct_images(16)
+    assert torch.equal(augment(x, gen(1)), augment(x, gen(1)))
+    assert not torch.equal(augment(x, gen(1)), augment(x, gen(2)))
+
+
+def test_augment_uint8_matches_float():
+    x = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(augment(x, gen(3)).float(), augment(x.float(), gen(3)))
+
+
+def test_augment_does_not_modify_its_input():
+    x = distinct_images(4)
+    before = x.clone()
+    augment(x, gen(0))
+    assert torch.equal(x, before)
+
+
+# ----- TinyImagenet ----------------------------------------------------------------------------
+
+WNIDS = ["n01443537", "n01629819"]
+COLOURS = {"n01443537": (200, 30, 30), "n01629819": (30, 30, 200)}
+
+
+def make_tinyimagenet(root: Path) -> None:
+    """The official layout, with 3 training and 2 validation 64x64 JPEGs per class."""
+    from PIL import Image
+
+    (root / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
+    (root / "words.txt").write_text(
+        "n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n"
+    )
+    val_lines = []
+    for w in WNIDS:
+        folder = root / "train" / w / "images"
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (64, 64), COLOURS[w]).save(folder / f"{w}_{i}.JPEG")
+    (root / "val" / "images").mkdir(parents=True)
+    for i, w in enumerate([WNIDS[1], WNIDS[0], WNIDS[1], WNIDS[0]]):
+        Image.new("RGB", (64, 64), COLOURS[w]).save(root / "val" / "images" / f"val_{i}.JPEG")
+        val_lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
+    # a greyscale image (TinyImagenet has some): must come back as 3 channels
+    Image.new("L", (64, 64), 128).save(root / "train" / WNIDS[0] / "images" / f"{WNIDS[0]}_grey.JPEG")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(val_lines) + "\n")
+
+
+def test_tinyimagenet_train(tmp_path):
+    make_tinyimagenet(tmp_path)
+    ds = load_tinyimagenet(tmp_path, "train")
+    assert ds.images.shape == (7, 3, 64, 64) and ds.images.dtype == torch.uint8
+    assert ds.labels.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert ds.classes == ("goldfish", "European fire salamander")
+    mean = ds.images.float().mean((2, 3))  # files in sorted order: _0, _1, _2, _grey per class
+    assert torch.allclose(mean[0], torch.tensor(COLOURS[WNIDS[0]]).float(), atol=4)
+    assert torch.allclose(mean[3], torch.full((3,), 128.0), atol=4), "greyscale -> 3 equal channels"
+    assert torch.allclose(mean[4], torch.tensor(COLOURS[WNIDS[1]]).float(), atol=4)
+
+
+def test_tinyimagenet_val_labels_from_annotations(tmp_path):
+    make_tinyimagenet(tmp_path)
+    ds = load_tinyimagenet(tmp_path, "val")
+    assert ds.images.shape == (4, 3, 64, 64)
+    assert ds.labels.tolist() == [1, 0, 1, 0]
+    reds = ds.images[:, 0].float().mean((1, 2))
+    assert (reds[ds.labels == 0] > 150).all() and (reds[ds.labels == 1] < 80).all()
+
+
+def test_tinyimagenet_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tiny-imagenet-200 layout"):
+        load_tinyimagenet(tmp_path)
+    make_tinyimagenet(tmp_path)
+    with pytest.raises(ValueError, match="split must be"):
+        load_tinyimagenet(tmp_path, "test")

@@ -1,0 +1,387 @@
+"""Explainers and the quantitative interpretability metrics (coda.explainers, coda.evaluate).
+
+Known answers come from constructed cases: explainers that are perfect or uniform by
+construction, and a CoDA-Net whose dynamic weights are constant (A = B = 0), which makes it
+exactly linear, so its removal curve follows in closed form from its contributions.
+"""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import coda
+from coda.checkpoint import save_checkpoint
+from coda.evaluate import (
+    PUBLISHED,
+    Grids,
+    cell_sums,
+    grids_from_logits,
+    load_model,
+    localisation_scores,
+    main,
+    make_grids,
+    pixel_removal,
+    removal_masks,
+    removal_points,
+    sample_grid_indices,
+    tile,
+)
+from coda.explainers import EXPLAINERS, block_mask, explain, get_explainer
+from coda.models import CoDANet, CoDANetConfig
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(1)
+    return coda.build_model("cifar10-tiny")
+
+
+def linear_codanet(weights: torch.Tensor, temperature: float = 1.0, logit_bias: float = -2.0) -> CoDANet:
+    """A one-layer 1x1 CoDA-Net with constant dynamic weights: logit_c = sum_hw g(b_c)^T a / T + b0.
+
+    ``weights`` (K, 6) are the b_c over the encoded channels [x, 1 - x]; A = B = 0.
+    """
+    k = weights.shape[0]
+    config = CoDANetConfig(channels=(k,), kernel_sizes=(1,), strides=(1,), rank_multipliers=(1,), rank_factor=1,
+                           temperature=temperature, logit_bias=logit_bias)
+    model = CoDANet(config)
+    layer = model.layers[0]
+    with torch.no_grad():
+        layer.A.zero_()
+        layer.B.zero_()
+        layer.b.copy_(weights.reshape(k, 6, 1, 1))
+    return model.eval()
+
+
+# ----- explainers ------------------------------------------------------------------------------
+
+
+def fast(name: str):
+    """The registered explainer with small settings where a method has a cost knob."""
+    return get_explainer(name, n_samples=16) if name == "lime" else get_explainer(name)
+
+
+@pytest.mark.parametrize("name", sorted(EXPLAINERS))
+def test_explainer_shape_finite_and_side_effect_free(tiny, name):
+    images = torch.rand(2, 3, 16, 16)
+    before = images.clone()
+    tiny.train()
+    out = fast(name)(tiny, images, torch.tensor([1, 7]))
+    channels = {"coda": 6, "gradcam": 1}.get(name, 3)
+    assert out.shape == (2, channels, 16, 16)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert out.abs().sum() > 0
+    assert tiny.training, "the model's mode must be restored"
+    tiny.eval()
+    assert torch.equal(images, before) and not images.requires_grad and images.grad is None
+    assert all(p.grad is None for p in tiny.parameters())
+
+
+def test_coda_explainer_is_complete(tiny):
+    images = torch.rand(3, 3, 16, 16)
+    target = torch.tensor([0, 4, 9])
+    out = explain(tiny, images, target, "coda")
+    logits = tiny(images).gather(1, target[:, None]).squeeze(1)
+    torch.testing.assert_close(out.sum((1, 2, 3)), logits - tiny.logit_bias, rtol=1e-4, atol=1e-5)
+
+
+def test_deeplift_and_guided_backprop_reduce_on_a_codanet(tiny):
+    """captum's rules act on ReLU-like modules, which a CoDA-Net does not have."""
+    images, target = torch.rand(2, 3, 16, 16), torch.tensor([2, 3])
+    torch.testing.assert_close(explain(tiny, images, target, "deeplift"), explain(tiny, images, target, "ixg"),
+                               rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(explain(tiny, images, target, "guided_backprop"), explain(tiny, images, target, "grad"))
+
+
+def test_occlusion_for_several_classes_equals_one_run_per_class(tiny):
+    image, classes = torch.rand(1, 3, 16, 16), torch.tensor([3, 0, 8])
+    occ = get_explainer("occ5")
+    shared = occ.attribute_classes(tiny, image, classes)
+    separate = occ(tiny, image.expand(3, -1, -1, -1), classes)
+    torch.testing.assert_close(shared, separate)
+
+
+def test_lime_is_seeded_and_leaves_the_global_rng_alone(tiny):
+    images, target = torch.rand(1, 3, 16, 16), 5
+    state = torch.get_rng_state()
+    a = get_explainer("lime", n_samples=16, seed=3)(tiny, images, target)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = get_explainer("lime", n_samples=16, seed=3)(tiny, images, target)
+    c = get_explainer("lime", n_samples=16, seed=4)(tiny, images, target)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # one value per 4x4 block
+    assert torch.equal(a, a[..., ::4, ::4].repeat_interleave(4, -1).repeat_interleave(4, -2))
+
+
+def test_block_mask():
+    mask = block_mask(4, 6, 2)
+    assert mask.shape == (1, 1, 4, 6)
+    assert mask[0, 0].tolist() == [[0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2], [3, 3, 4, 4, 5, 5], [3, 3, 4, 4, 5, 5]]
+
+
+def test_explainer_bad_arguments(tiny):
+    with pytest.raises(ValueError, match="unknown explainer 'rise'"):
+        get_explainer("rise")
+    with pytest.raises(ValueError, match="unknown option"):
+        get_explainer("occ5", patch_size=3)
+    with pytest.raises(ValueError, match="target must be in"):
+        explain(tiny, torch.rand(1, 3, 16, 16), 10, "grad")
+    with pytest.raises(ValueError, match="expected images"):
+        explain(tiny, torch.rand(1, 6, 16, 16), 0, "grad")
+
+
+# ----- localisation -----------------------------------------------------------------------------
+
+
+def coded_grids(grid_size: int, n: int = 2, cell: int = 8) -> Grids:
+    """Grids whose cell of class c is filled with the value (c + 1) / 20."""
+    gen = torch.Generator().manual_seed(0)
+    classes = torch.stack([torch.randperm(10, generator=gen)[: grid_size**2] for _ in range(n)])
+    cells = ((classes + 1) / 20)[..., None, None, None].expand(-1, -1, 3, cell, cell)
+    return Grids(tile(cells, grid_size), classes, grid_size)
+
+
+def perfect(model, images, targets):
+    """Attribution exactly on the pixels of the target's cell."""
+    return (images == ((targets + 1) / 20)[:, None, None, None]).float()
+
+
+def uniform(model, images, targets):
+    return torch.ones_like(images)
+
+
+@pytest.mark.parametrize("grid_size", [2, 3])
+def test_perfect_explainer_scores_one_and_uniform_scores_chance(tiny, grid_size):
+    grids = coded_grids(grid_size)
+    assert grids.images.shape == (2, 3, 8 * grid_size, 8 * grid_size)
+    best = localisation_scores(tiny, grids, perfect)
+    assert best.scores.shape == (2, grid_size**2)
+    assert torch.equal(best.scores, torch.ones(2, grid_size**2)) and best.mean == 1.0 and best.median == 1.0
+    chance = localisation_scores(tiny, grids, uniform)
+    torch.testing.assert_close(chance.scores, torch.full((2, grid_size**2), 1 / grid_size**2))
+
+
+def test_only_positive_attribution_counts_and_none_scores_zero(tiny):
+    grids = coded_grids(3, n=1)
+
+    def inside_positive_outside_negative(model, images, targets):
+        return 2 * perfect(model, images, targets) - 1
+
+    assert torch.equal(localisation_scores(tiny, grids, inside_positive_outside_negative).scores, torch.ones(1, 9))
+
+    def nothing_positive(model, images, targets):
+        return -torch.ones_like(images)
+
+    assert torch.equal(localisation_scores(tiny, grids, nothing_positive).scores, torch.zeros(1, 9))
+
+
+def test_tile_and_cell_sums_agree():
+    images = torch.arange(9.0)[:, None, None, None].expand(9, 2, 4, 5)  # image k is constant k
+    grid = tile(images, 3)
+    assert grid.shape == (2, 12, 15)
+    assert grid[0, 4, 10].item() == 5  # row 1, column 2 -> cell 5
+    torch.testing.assert_close(cell_sums(grid[:1], 3), (torch.arange(9.0) * 20)[None])
+
+
+def confident_logits(labels: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+    """Logits that predict ``labels`` with the given true-class logit (others at -10)."""
+    logits = torch.full((len(labels), 10), -10.0)
+    logits[torch.arange(len(labels)), labels] = confidence
+    return logits
+
+
+def test_grid_sampling_follows_the_protocol():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 10
+    logits = confident_logits(labels, torch.rand(200, generator=gen) * 4 - 1)  # some sigmoid < 0.5
+    logits[::7, 0] = 50.0  # a few wrong predictions, very confident: must never be used
+    idx = sample_grid_indices(logits, labels, n_grids=1000, grid_size=3, seed=0)
+    assert idx.shape[1] == 9 and 0 < len(idx) < 1000  # stops when a class runs out
+    assert (labels[idx].sort(1).values.diff(dim=1) > 0).all(), "distinct classes in each grid"
+    assert (logits[idx.flatten()].argmax(1) == labels[idx.flatten()]).all()
+    assert (torch.sigmoid(logits[idx.flatten(), labels[idx.flatten()]]) > 0.5).all()
+    assert len(set(idx.flatten().tolist())) == idx.numel(), "each image used once"
+    for c in range(10):  # each class's images in decreasing confidence
+        conf = logits[idx[labels[idx] == c], c]
+        assert (conf.diff() <= 0).all()
+    # it stopped because some class had no confident image left
+    used = torch.bincount(labels[idx.flatten()], minlength=10)
+    available = torch.tensor([((labels == c) & (logits.argmax(1) == c) & (logits[:, c] > 0)).sum() for c in range(10)])
+    assert (used == available).any()
+    assert torch.equal(idx, sample_grid_indices(logits, labels, 1000, 3, seed=0))
+    assert not torch.equal(idx, sample_grid_indices(logits, labels, 1000, 3, seed=1))
+
+
+def test_grids_from_logits_tiles_the_chosen_images_and_warns_when_short():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(10)  # one image per class: after one 2x2 grid, four classes are used up
+    images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8, generator=gen)
+    data = coda.data.ImageDataset(images, labels, coda.data.CIFAR10_CLASSES)
+    with pytest.warns(UserWarning, match="only 1 of 5 grids"):
+        grids = grids_from_logits(confident_logits(labels, torch.ones(10)), data, n_grids=5, grid_size=2, seed=0)
+    assert len(grids) == 1 and grids.exhausted and grids.images.shape == (1, 3, 8, 8)
+    assert torch.equal(grids.classes, labels[grids.indices])
+    cells = [grids.images[0, :, :4, :4], grids.images[0, :, :4, 4:], grids.images[0, :, 4:, :4], grids.images[0, :, 4:, 4:]]
+    for k, cell in enumerate(cells):  # row-major cells
+        assert torch.equal(cell, images[grids.indices[0, k]])
+
+
+def test_grid_bad_arguments(tiny):
+    logits, labels = confident_logits(torch.arange(10), torch.ones(10)), torch.arange(10)
+    for kwargs, message in [({"grid_size": 1}, "grid_size must be an int >= 2"),
+                            ({"n_grids": 0}, "n_grids must be an int >= 1"),
+                            ({"grid_size": 4}, "needs 16 distinct classes")]:
+        with pytest.raises(ValueError, match=message):
+            sample_grid_indices(logits, labels, **{"n_grids": 1, "grid_size": 3, **kwargs})
+    with pytest.raises(ValueError, match="unknown explainer"):
+        localisation_scores(tiny, coded_grids(2), "nonsense")
+    with pytest.raises(ValueError, match="classes must have shape"):
+        Grids(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, dtype=torch.long), 2)
+
+
+def test_localisation_with_a_real_explainer(tiny):
+    grids = coded_grids(2, n=1)
+    result = localisation_scores(tiny, grids, "coda")
+    assert result.scores.shape == (1, 4) and ((result.scores >= 0) & (result.scores <= 1)).all()
+    assert result.seconds > 0 and result.n_attributions == 4
+
+
+# ----- pixel removal -----------------------------------------------------------------------------
+
+
+def test_removal_points():
+    points = removal_points(32 * 32)
+    assert len(points) == 129 and points[0] == 0 and points[-1] == 256 and (points.diff() == 2).all()
+    with pytest.raises(ValueError, match="fraction"):
+        removal_points(1024, fraction=0)
+    with pytest.raises(ValueError, match="stride"):
+        removal_points(1024, stride=0)
+
+
+def test_removal_masks_remove_in_order():
+    importance = torch.tensor([[[3.0, 1.0], [2.0, 0.0]]])
+    least = removal_masks(importance, torch.tensor([0, 1, 2, 4]), "least")
+    assert least[0].int().tolist() == [[[1, 1], [1, 1]], [[1, 1], [1, 0]], [[1, 0], [1, 0]], [[0, 0], [0, 0]]]
+    most = removal_masks(importance, torch.tensor([1, 2]), "most")
+    assert most[0].int().tolist() == [[[0, 1], [1, 1]], [[0, 1], [0, 1]]]
+    with pytest.raises(ValueError, match="order must be one of"):
+        removal_masks(importance, torch.tensor([1]), "random")
+
+
+@pytest.mark.parametrize("order", ["least", "most"])
+def test_removal_curve_of_a_linear_model(order):
+    """For a linear model, removing a pixel subtracts exactly its contribution from the logit."""
+    gen = torch.Generator().manual_seed(0)
+    model = linear_codanet(torch.rand(4, 6, generator=gen), temperature=40.0)
+    images, labels = torch.rand(3, 3, 8, 8, generator=gen), torch.tensor([0, 2, 3])
+    result = pixel_removal(model, images, labels, "coda", fraction=0.5, stride=3, order=order)
+    assert result.n_removed.tolist() == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
+    per_pixel = explain(model, images, labels, "coda").sum(1).flatten(1).double()  # (3, 64)
+    ordered = per_pixel.sort(1, descending=order == "most").values
+    removed = torch.cat([torch.zeros(3, 1, dtype=torch.float64), ordered.cumsum(1)], 1)[:, result.n_removed]
+    logit = model(images).gather(1, labels[:, None]).double()
+    expected = torch.sigmoid(logit - removed)
+    torch.testing.assert_close(result.probabilities.double(), expected, rtol=1e-5, atol=1e-6)
+    # nonnegative weights and inputs: every contribution is >= 0, so the curve can only fall
+    assert (result.probabilities.diff(dim=1) <= 1e-6).all()
+    assert result.mean == pytest.approx(result.curve.mean().item())
+
+
+def test_least_first_stays_above_most_first_for_a_linear_model():
+    gen = torch.Generator().manual_seed(1)
+    model = linear_codanet(torch.randn(4, 6, generator=gen), temperature=20.0)
+    images, labels = torch.rand(4, 3, 8, 8, generator=gen), torch.tensor([0, 1, 2, 3])
+    least = pixel_removal(model, images, labels, "coda", order="least")
+    most = pixel_removal(model, images, labels, "coda", order="most")
+    assert (least.probabilities >= most.probabilities - 1e-6).all()
+    assert least.mean > most.mean
+
+
+def test_removal_on_cifar_starts_at_the_model_probability(tiny):
+    test = coda.data.load_cifar10("test", download=False).first(3)
+    result = pixel_removal(tiny, test.images, test.labels, "grad", eval_batch_size=100)
+    assert result.probabilities.shape == (3, 129) and result.n_pixels == 1024
+    start = torch.sigmoid(tiny(coda.data.to_float(test.images))).gather(1, test.labels[:, None]).squeeze(1)
+    torch.testing.assert_close(result.probabilities[:, 0], start)
+    assert result.fraction_removed[-1].item() == 0.25
+
+
+# ----- command line and reference data ----------------------------------------------------------
+
+
+COLOURS = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+
+
+@pytest.fixture
+def colour_world(tmp_path):
+    """Four classes of 8x8 images of one colour each, and a linear CoDA-Net that tells them apart.
+
+    g(b_c)^T [x, 1 - x] counts the channels where the pixel matches colour c, so each image's
+    own class wins by a margin; logit_bias = 0 makes every correct prediction "confident".
+    """
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 4
+    images = (COLOURS[labels] * 0.9 + 0.05 + 0.04 * torch.rand(40, 3, generator=gen))
+    images = (images[:, :, None, None].expand(-1, -1, 8, 8) * 255).round().to(torch.uint8)
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    np.savez(folder / "test.npz", images=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy(),
+             classes=np.array(["k", "yellow", "magenta", "cyan"]))
+    model = linear_codanet(torch.cat([COLOURS, 1 - COLOURS], 1), temperature=16.0, logit_bias=0.0)
+    ckpt = tmp_path / "run" / "last.pt"
+    save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict()}, ckpt)
+    return tmp_path, model, coda.data.load_cifar10("test", tmp_path / "data", download=False)
+
+
+def test_make_grids_with_a_model(colour_world):
+    _, model, data = colour_world
+    grids = make_grids(model, data, n_grids=3, grid_size=2, seed=0)
+    assert len(grids) == 3 and not grids.exhausted and grids.images.shape == (3, 3, 16, 16)
+    assert torch.equal(grids.classes.sort(1).values, torch.arange(4).expand(3, -1))
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_command_line_writes_the_results(colour_world):
+    root, model, _ = colour_world
+    out = root / "results"
+    argv = ["--model", str(root / "run" / "last.pt"), "--data", str(root / "data"), "--methods", "coda,grad",
+            "--grid-size", "2", "--n-grids", "3", "--n-removal", "5", "--orders", "least,most", "--out", str(out)]
+    main(argv)
+    summary = read_csv(out / "localisation.csv")
+    assert [r["method"] for r in summary] == ["coda", "grad"] and all(r["n"] == "12" for r in summary)
+    scores = read_csv(out / "localisation_scores.csv")
+    assert len(scores) == 2 * 3 * 4
+    coda_mean = np.mean([float(r["score"]) for r in scores if r["method"] == "coda"])
+    assert coda_mean == pytest.approx(float(summary[0]["mean"]), rel=1e-5)
+    removal = read_csv(out / "removal.csv")
+    assert len(removal) == 2 * 2 * len(removal_points(64))
+    assert {(r["method"], r["order"]) for r in removal} == {(m, o) for m in ("coda", "grad") for o in ("least", "most")}
+    timing = read_csv(out / "timing.csv")
+    assert len(timing) == 2 * 3 and all(float(r["seconds_per_attribution"]) > 0 for r in timing)
+    record = json.loads((out / "results.json").read_text())
+    assert record["command"].startswith("python -m coda.evaluate --model ")
+    assert record["seed"] == 0 and record["versions"]["captum"] and record["model"]["source"] == "checkpoint"
+    assert record["localisation"]["n_grids"] == 3 and record["test_accuracy"]["accuracy"] == 1.0
+
+
+def test_load_model_rejects_other_files(tmp_path):
+    path = tmp_path / "weights.pt"
+    save_checkpoint({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match="not a coda.train checkpoint"):
+        load_model(str(path))
+    with pytest.raises(ValueError, match="not found"):
+        load_model(str(tmp_path / "missing.pt"))
+
+
+def test_published_numbers_are_keyed_by_explainer_names():
+    for table in ("localisation_mean", "localisation_median", "removal_mean", "removal_at_25_percent"):
+        assert set(PUBLISHED[table]) <= set(EXPLAINERS)
+        assert all(0 < v < 1 for v in PUBLISHED[table].values())
+    assert PUBLISHED["localisation_mean"]["coda"] == 0.912 and PUBLISHED["removal_mean"]["coda"] == 0.964

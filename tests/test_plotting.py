@@ -1,0 +1,177 @@
+"""coda.plotting: deterministic figure files, centred colour maps, weight images, headless widgets."""
+
+import subprocess
+import sys
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+matplotlib.use("Agg")  # before pyplot: no display in tests
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+import coda  # noqa: E402
+from coda import plotting  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _figure(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(4, 2))
+    ax1.plot(rng.normal(size=20), label="a")
+    ax1.legend()
+    plotting.show_contribution_map(ax2, rng.normal(size=(8, 8)), colorbar=True)
+    return fig
+
+
+def test_import_has_no_side_effects():
+    """Importing coda (or coda.plotting) neither imports matplotlib nor touches rcParams."""
+    code = (
+        "import sys, coda, coda.plotting, coda.workbook, coda.theory\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported at import time'\n"
+        "assert 'coda.plotting' not in sys.modules['coda'].__dict__.get('__all__', [])\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_use_style_is_explicit():
+    with matplotlib.rc_context():
+        matplotlib.rcParams["axes.spines.top"] = True
+        plotting.use_style()
+        assert matplotlib.rcParams["axes.spines.top"] is False
+        assert matplotlib.rcParams["savefig.dpi"] == plotting.DPI
+
+
+def test_save_figure_is_byte_deterministic(tmp_path):
+    path_a = plotting.save_figure(_figure(), "fig", tmp_path / "a")
+    path_b = plotting.save_figure(_figure(), "fig.png", tmp_path / "b")
+    assert path_a.name == path_b.name == "fig.png"
+    data = path_a.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data == path_b.read_bytes(), "the same figure must give identical bytes"
+    assert b"matplotlib" not in data.lower(), "no software version in the metadata"
+    different = plotting.save_figure(_figure(seed=1), "other", tmp_path)
+    assert different.read_bytes() != data
+
+
+def test_save_figure_leaves_an_unchanged_file_alone(tmp_path):
+    fig = _figure()
+    path = plotting.save_figure(fig, "fig", tmp_path)
+    before = path.stat().st_mtime_ns
+    path.touch()  # any write would change the mtime again
+    touched = path.stat().st_mtime_ns
+    assert plotting.save_figure(fig, "fig", tmp_path) == path
+    assert path.stat().st_mtime_ns == touched >= before
+
+
+@pytest.mark.parametrize("percentile", [90.0, 99.5, 100.0])
+def test_contribution_map_is_centred_at_zero(percentile):
+    values = torch.randn(16, 16) * 3 + 1  # skewed: the limits must still be symmetric
+    fig, ax = plt.subplots()
+    im = plotting.show_contribution_map(ax, values, percentile=percentile)
+    vmin, vmax = im.norm.vmin, im.norm.vmax
+    assert vmin == -vmax > -np.inf
+    assert vmax == pytest.approx(np.percentile(values.abs().numpy(), percentile), rel=1e-6)
+    assert im.norm(0.0) == pytest.approx(0.5)  # zero sits in the middle of the colour map
+    r, g, b, _ = im.cmap(0.5)
+    assert min(r, g, b) > 0.95, "the centre of the colour map is white"
+
+
+def test_symmetric_limit_of_a_zero_map_is_positive():
+    assert plotting.symmetric_limit(np.zeros((4, 4))) > 0
+
+
+def test_weights_to_rgb_shape_and_range():
+    weights = torch.randn(3, 6, 10, 12)
+    images = torch.rand(3, 3, 10, 12)
+    rgb = plotting.weights_to_rgb(weights, images)
+    assert rgb.shape == (3, 10, 12, 3)
+    assert rgb.min() >= 0 and rgb.max() <= 1
+    single = plotting.weights_to_rgb(weights[0], images[0])
+    np.testing.assert_allclose(single, rgb[0])
+
+
+def test_weights_to_rgb_shows_the_preferred_colour_and_hides_negative_evidence():
+    weights = torch.zeros(6, 2, 2)
+    weights[0] = 1.0  # "wants red": w[:3] - w[3:] = (1, 0, 0)
+    weights[3:] = -0.5  # "wants bright": adds (0.5, 0.5, 0.5) to the effective colour weight
+    rgb = plotting.weights_to_rgb(weights, percentile=100, background=0.0)
+    assert rgb.shape == (2, 2, 3)
+    np.testing.assert_allclose(rgb[0, 0], [1.0, 0.5 + 0.5 * 0.5 / 1.5, 0.5 + 0.5 * 0.5 / 1.5])
+    images = torch.zeros(3, 2, 2)  # black pixels: contribution = sum(w[3:]) * 1 < 0
+    hidden = plotting.weights_to_rgb(weights, images, background=0.25)
+    np.testing.assert_allclose(hidden, 0.25)
+
+
+def test_weights_to_rgb_rejects_wrong_channels():
+    with pytest.raises(ValueError, match="6"):
+        plotting.weights_to_rgb(torch.zeros(3, 4, 4))
+
+
+def test_summary_plots_take_plain_arrays(tmp_path):
+    history = [{"epoch": e, "train_loss": 0.3 / e, "train_accuracy": 0.2 * e, "test_accuracy": 0.15 * e}
+               for e in (1, 2, 3)]
+    fig = plotting.plot_learning_curves(history, chance=0.1)
+    assert len(fig.axes) == 2
+    ax = plotting.plot_per_class_accuracy({"cat": 0.5, "dog": 0.7}, chance=0.1)
+    assert len(ax.patches) == 2
+    scores = {"Ours": np.random.default_rng(0).uniform(size=50), "Grad": np.full(50, 0.2)}
+    ax = plotting.plot_boxes(scores, chance=1 / 9, published={"Ours": 0.912, "missing": 0.5})
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Ours", "Grad"]
+    fractions = np.linspace(0, 0.25, 5)
+    ax = plotting.plot_removal_curves(fractions, {"Ours": np.linspace(0.9, 0.95, 5)}, published={"Ours": 0.964})
+    assert "published 0.964" in ax.get_legend().get_texts()[0].get_text()
+    for i, num in enumerate(plt.get_fignums()):
+        plotting.save_figure(plt.figure(num), f"summary{i}", tmp_path)
+    assert len(list(tmp_path.glob("*.png"))) == 4
+
+
+def _controls(widget):
+    """All value widgets inside a (nested) ipywidgets box."""
+    found = []
+    for child in widget.children:
+        if hasattr(child, "children"):
+            found += _controls(child)
+        elif hasattr(child, "value"):
+            found.append(child)
+    return found
+
+
+def test_dau_explorer_updates_headlessly():
+    widget, update = plotting.dau_explorer(angle=60.0)
+    state = update()
+    angle_slider = next(c for c in _controls(widget) if c.description == "angle of x")
+    before = state["output"]
+    angle_slider.value = 20.0  # the default W's eigenvector with eigenvalue 1.5
+    assert state["angle"] == 20.0
+    assert state["output"] != before
+    assert state["output"] == pytest.approx(1.0)  # L2 DAU of a unit eigenvector: ||x||
+    norm_toggle = next(c for c in _controls(widget) if c.description == "norm g")
+    norm_toggle.value = "squash"
+    assert state["norm"] == "squash" and state["output"] < 1.0
+
+
+def test_contribution_explorer_updates_headlessly():
+    torch.manual_seed(0)
+    model = coda.build_model("cifar10-tiny").eval()
+    images = torch.rand(3, 3, 32, 32)
+    widget, update = plotting.contribution_explorer(model, images, torch.tensor([0, 1, 2]))
+    state = update()
+    assert state["map"].shape == (32, 32)
+    assert state["total"] == pytest.approx(state["logit"] - model.logit_bias, abs=1e-4)
+    first_map = state["map"].copy()
+    image_slider, class_menu, layer_menu = _controls(widget)
+    image_slider.value = 2
+    assert state["index"] == 2 and not np.allclose(state["map"], first_map)
+    class_menu.value = 7
+    assert state["target"] == 7
+    layer_menu.value = 2  # the input of the third CoDA layer, at a coarser resolution
+    assert state["layer"] == 2 and state["map"].shape == (16, 16)
+    assert state["total"] == pytest.approx(state["logit"] - model.logit_bias, abs=1e-4)

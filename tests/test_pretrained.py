@@ -1,0 +1,263 @@
+"""coda.pretrained: export a training checkpoint, list and load shipped models, refuse bad files."""
+
+import json
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+import coda.pretrained as P
+from coda.checkpoint import load_checkpoint, save_checkpoint, sha256, write_json
+from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10
+from coda.models import CONFIGS
+from coda.train import TrainConfig, config_from_args, evaluate_accuracy, train
+
+CIFAR_ROOT = Path(os.environ.get("CODA_DATA") or PROJECT_ROOT / "data")
+NAME = "cifar10-tiny-T100"
+PER_CLASS = {f"class{i}": i / 10 for i in range(10)}
+
+
+def toy_data(n: int, seed: int = 0) -> ImageDataset:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8)
+    return ImageDataset(images, torch.arange(n) % 10, tuple(f"class{i}" for i in range(10)))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A training checkpoint of the tiny model: 1 epoch of 3 steps on 48 small images."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(model="cifar10-tiny", epochs=1, batch_size=16, precision="fp32")
+    train(cfg, out, device="cpu", train_data=toy_data(48), test_data=toy_data(10, 1), progress=False)
+    return out / "last.pt"
+
+
+@pytest.fixture
+def shipped(checkpoint, tmp_path) -> Path:
+    """A folder of shipped models holding ``NAME`` (the default)."""
+    P.export_pretrained(
+        checkpoint,
+        NAME,
+        dest=tmp_path,
+        test_accuracy=0.45,
+        per_class=PER_CLASS,
+        test_images=10_000,
+        notes="Small enough to **train live** in a lesson.",
+    )
+    return tmp_path
+
+
+def reference_model(checkpoint: Path):
+    return P.model_from_checkpoint(load_checkpoint(checkpoint))
+
+
+# ----- export ----------------------------------------------------------------------------------
+
+
+def test_export_writes_weights_card_and_manifest(shipped, checkpoint):
+    assert sorted(p.name for p in shipped.iterdir()) == [f"{NAME}.md", f"{NAME}.pt", "manifest.json"]
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    entry = manifest["models"][NAME]
+    assert manifest["default"] == NAME
+    assert entry["sha256"] == sha256(shipped / f"{NAME}.pt")
+    assert entry["model"] == "cifar10-tiny" and entry["model_config"]["temperature"] == 100.0
+    assert entry["train_config"] == TrainConfig(**load_checkpoint(checkpoint)["config"]).to_dict()
+    assert (entry["test_accuracy"], entry["per_class_accuracy"], entry["epochs"]) == (0.45, PER_CLASS, 1)
+    assert entry["wall_time_s"] > 0 and entry["parameters"] == 417_360
+
+
+def test_weights_file_is_small_float32_without_optimizer(shipped, checkpoint):
+    weights = load_checkpoint(shipped / f"{NAME}.pt")
+    assert set(weights) == {"format", "name", "model_config", "train_config", "metrics", "state_dict"}
+    assert all(v.dtype == torch.float32 for v in weights["state_dict"].values())
+    assert (shipped / f"{NAME}.pt").stat().st_size < 0.5 * checkpoint.stat().st_size
+
+
+def test_model_card_is_generated_from_the_data(shipped):
+    card = (shipped / f"{NAME}.md").read_text()
+    entry = json.loads((shipped / "manifest.json").read_text())["models"][NAME]
+    for text in (
+        f"# {NAME}",
+        "45.00 %",
+        "10,000 CIFAR-10 test images",
+        entry["sha256"],
+        "417,360",
+        "| class9 | 90.0 % |",
+        "Small enough to **train live**",
+        "cosine",
+        "## Why this architecture",
+    ):
+        assert text in card, text
+    command = next(line for line in card.splitlines() if line.startswith("python -m coda.train"))
+    cfg, args = config_from_args(shlex.split(command)[3:])
+    assert cfg.to_dict() == entry["train_config"] and args.out == f"runs/{NAME}"
+
+
+def test_card_of_an_unfinished_run_says_so(tmp_path):
+    cfg = TrainConfig(model="cifar10-tiny", epochs=1, batch_size=16, precision="fp32")
+    train(
+        cfg,
+        tmp_path / "run",
+        device="cpu",
+        train_data=toy_data(48),
+        test_data=toy_data(10, 1),
+        progress=False,
+        stop_after_steps=1,
+    )
+    P.export_pretrained(tmp_path / "run" / "last.pt", NAME, dest=tmp_path / "shipped")
+    card = (tmp_path / "shipped" / f"{NAME}.md").read_text()
+    for text in (
+        "0 of 1 planned epochs (stopped early)",
+        "no finished epoch",
+        "| test accuracy | not evaluated |",
+    ):
+        assert text in card, text
+
+
+def test_export_rejects_a_name_without_the_temperature(checkpoint, tmp_path):
+    for bad in ("cifar10-tiny", "cifar10-tiny-T1000", "../escape-T100", "tiny T100"):
+        with pytest.raises(ValueError, match="-T100"):
+            P.export_pretrained(checkpoint, bad, dest=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_second_export_keeps_the_default_unless_asked(shipped, checkpoint):
+    other = "cifar10-tiny-copy-T100"
+    P.export_pretrained(checkpoint, other, dest=shipped)
+    assert P.list_pretrained(shipped) == sorted([NAME, other]) == [NAME, other]
+    assert P.default_name(shipped) == NAME
+    P.export_pretrained(checkpoint, other, dest=shipped, default=True)
+    assert P.list_pretrained(shipped) == [NAME, other], "re-exporting replaces the entry"
+    assert P.default_name(shipped) == other
+
+
+# ----- load ------------------------------------------------------------------------------------
+
+
+def test_load_round_trip_gives_identical_outputs(shipped, checkpoint):
+    model = P.load_pretrained(NAME, root=shipped)
+    assert not model.training and next(model.parameters()).device.type == "cpu"
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference_model(checkpoint)(x))
+
+
+def test_no_name_loads_the_default(shipped, checkpoint):
+    P.export_pretrained(checkpoint, "cifar10-tiny-copy-T100", dest=shipped)
+    assert P.load_pretrained(root=shipped).config == reference_model(checkpoint).config
+
+
+def test_unknown_name_lists_the_available_ones(shipped):
+    with pytest.raises(ValueError, match=f"no shipped model 'nope-T1'.*{NAME}"):
+        P.load_pretrained("nope-T1", root=shipped)
+
+
+def test_no_default_raises(tmp_path):
+    write_json({"format": P.FORMAT, "default": None, "models": {}}, tmp_path / "manifest.json")
+    with pytest.raises(ValueError, match="no default model"):
+        P.load_pretrained(root=tmp_path)
+
+
+def test_empty_folder_lists_nothing(tmp_path):
+    assert P.list_pretrained(tmp_path) == []
+
+
+def test_corrupted_weights_raise(shipped):
+    path = shipped / f"{NAME}.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # flip one bit in the middle of the tensors
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256.*corrupted"):
+        P.load_pretrained(NAME, root=shipped)
+
+
+def test_config_mismatch_raises_naming_the_field(shipped):
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    manifest["models"][NAME]["model_config"]["temperature"] = 1000.0
+    write_json(manifest, shipped / "manifest.json")
+    with pytest.raises(ValueError, match=r"model config mismatch.*temperature: 100\.0 != 1000\.0"):
+        P.load_pretrained(NAME, root=shipped)
+
+
+def test_config_survives_the_json_round_trip():
+    cfg = CONFIGS["cifar10-9L-S"].replace(rank_factor=8, stem_depth=2)
+    assert P.config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert P.config_from_dict(cfg.to_dict()) == cfg
+
+
+# ----- command line ----------------------------------------------------------------------------
+
+
+def test_cli_list(shipped, capsys):
+    P.main(["list", "--root", str(shipped)])
+    assert capsys.readouterr().out.split() == [NAME, "test", "accuracy", "0.4500", "(default)"]
+
+
+needs_cifar = pytest.mark.skipif(
+    not (CIFAR_ROOT / "cifar10" / "test.npz").exists(),
+    reason=f"CIFAR-10 cache not found in {CIFAR_ROOT / 'cifar10'} (set CODA_DATA to a folder with cifar10/)",
+)
+
+
+@needs_cifar
+def test_cli_export_evaluates_then_ships(checkpoint, tmp_path, capsys):
+    notes = tmp_path / "notes.md"
+    notes.write_text("Because it is tiny.")
+    dest = tmp_path / "shipped"
+    P.main(
+        [
+            "export",
+            "--checkpoint",
+            str(checkpoint),
+            "--name",
+            NAME,
+            "--dest",
+            str(dest),
+            "--notes-file",
+            str(notes),
+            "--test-images",
+            "20",
+            "--data",
+            str(CIFAR_ROOT),
+        ]
+    )
+    entry = json.loads((dest / "manifest.json").read_text())["models"][NAME]
+    expected = evaluate_accuracy(reference_model(checkpoint), load_cifar10("test", CIFAR_ROOT).first(20))
+    assert entry["test_images"] == 20 and entry["test_accuracy"] == expected["accuracy"]
+    assert "Because it is tiny." in (dest / f"{NAME}.md").read_text()
+    P.main(["evaluate", "--root", str(dest), "--n", "20", "--data", str(CIFAR_ROOT)])
+    assert f"{NAME}: test accuracy {expected['accuracy']:.4f} on 20 images" in capsys.readouterr().out
+
+
+# ----- the shipped default model -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_cifar
+@pytest.mark.skipif(
+    not (P.PRETRAINED_DIR / P.MANIFEST).exists(), reason="no shipped models in data/pretrained"
+)
+def test_shipped_default_model_is_accurate():
+    model = P.load_pretrained()
+    result = evaluate_accuracy(model, load_cifar10("test", CIFAR_ROOT, download=False).first(500))
+    assert result["accuracy"] > 0.7
+
+
+def test_missing_manifest_says_how_to_export(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m coda.pretrained export"):
+        P.load_pretrained(root=tmp_path)
+
+
+def test_weights_that_do_not_fit_the_config_raise(shipped):
+    """A file whose hash and config match the manifest but whose tensors do not fit (a bad export)."""
+    path = shipped / f"{NAME}.pt"
+    weights = load_checkpoint(path)
+    weights["state_dict"].pop(next(iter(weights["state_dict"])))
+    save_checkpoint(weights, path)
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    manifest["models"][NAME]["sha256"] = sha256(path)
+    write_json(manifest, shipped / "manifest.json")
+    with pytest.raises(ValueError, match="do not fit the stored config"):
+        P.load_pretrained(NAME, root=shipped)

@@ -1,0 +1,103 @@
+"""Sweep bookkeeping: run definitions, the shared centre run, status and resumption."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from coda import build_model, contributions
+from coda.data import ImageDataset
+from coda.sweeps import (
+    RANK_FACTORS,
+    STEM_DEPTHS,
+    SWEEP_BUDGET,
+    TEMPERATURES,
+    all_runs,
+    run_name,
+    run_status,
+    sweep_runs,
+    train_sweeps,
+)
+
+
+def test_every_sweep_shares_the_budget_and_names_end_in_temperature():
+    for sweep in ("temperature", "rank", "depth"):
+        for name, cfg in sweep_runs(sweep).items():
+            for key, value in SWEEP_BUDGET.items():
+                assert getattr(cfg, key) == value, (name, key)
+            temperature = build_model(cfg.model, **cfg.model_overrides).temperature
+            assert name.endswith(f"-T{temperature:g}")
+
+
+def test_sweeps_cover_the_requested_values():
+    temps = [cfg.model_overrides["temperature"] for cfg in sweep_runs("temperature").values()]
+    assert temps == [float(t) for t in TEMPERATURES] and {10, 100, 1000, 5000} <= set(TEMPERATURES)
+    ranks = [cfg.model_overrides["rank_factor"] for cfg in sweep_runs("rank").values()]
+    assert ranks == list(RANK_FACTORS) == [4, 8, 16, 32]
+    depth = sweep_runs("depth")
+    stems = [cfg.model_overrides.get("stem_depth", 0) for cfg in depth.values() if cfg.model != "cifar10-cnn"]
+    assert stems == list(STEM_DEPTHS)
+    assert run_name(cnn=True) in depth
+
+
+def test_centre_run_is_shared_once():
+    centre = run_name(rank_factor=8, temperature=1000)
+    runs = all_runs()
+    assert all(centre in sweep_runs(s) for s in ("temperature", "rank", "depth"))
+    assert list(runs).count(centre) == 1
+    assert len(runs) == len(TEMPERATURES) + len(RANK_FACTORS) + len(STEM_DEPTHS) + 1 - 2
+
+
+def test_unknown_sweep_rejected():
+    with pytest.raises(ValueError, match="unknown sweep"):
+        sweep_runs("width")
+
+
+def test_hybrid_runs_explain_from_first_coda_layer():
+    cfg = sweep_runs("depth")[run_name(stem_depth=3)]
+    model = build_model(cfg.model, **cfg.model_overrides).eval()
+    assert len(model.stem) == 3 and len(model.layers) == 6
+    x = torch.rand(2, 3, 32, 32)
+    contribs = contributions(model, x, 1, layer=0)
+    assert contribs.shape == (2, 32, 16, 16)  # the stem's output, not the image
+    torch.testing.assert_close(contribs.sum((1, 2, 3)), model(x)[:, 1] - model.logit_bias, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="stem"):
+        contributions(model, x, 1)
+
+
+def test_cnn_baseline_has_no_coda_layer():
+    model = build_model("cifar10-cnn")
+    assert len(model.layers) == 0 and len(model.stem) == 9
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def _tiny_data(n):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return ImageDataset(images, torch.arange(n) % 10, tuple("abcdefghij"))
+
+
+def test_status_and_training_skip_finished_runs(tmp_path, monkeypatch):
+    tiny = dict(model="cifar10-tiny", model_overrides={}, epochs=1, batch_size=8, precision="fp32")
+    runs = {"sweep-tiny-T100": dataclasses.replace(sweep_runs("rank")[run_name(rank_factor=4)], **tiny)}
+    monkeypatch.setattr("coda.sweeps.all_runs", lambda sweeps: runs)
+    monkeypatch.setattr("coda.sweeps.load_cifar10", lambda split, root=None: _tiny_data(16), raising=False)
+    calls = []
+
+    def fake_train(cfg, out, **kw):
+        calls.append(out.name)
+        from coda.train import train as real_train
+
+        return real_train(cfg, out, train_data=_tiny_data(16), test_data=_tiny_data(8), progress=False)
+
+    monkeypatch.setattr("coda.sweeps.train", fake_train)
+    name, cfg = next(iter(runs.items()))
+    assert run_status(name, cfg, tmp_path)["epochs_done"] == 0
+    train_sweeps(["rank"], tmp_path)
+    status = run_status(name, cfg, tmp_path)
+    assert status["finished"] and status["epochs_done"] == 1 and status["test_accuracy"] is not None
+    train_sweeps(["rank"], tmp_path)  # finished: not trained again
+    assert calls == [name]
+    other = dataclasses.replace(cfg, lr=cfg.lr / 2)
+    with pytest.raises(ValueError, match="another config"):
+        run_status(name, other, tmp_path)

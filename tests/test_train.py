@@ -1,0 +1,340 @@
+"""coda.train: schedules, config checks, the training loop, bit-identical resumption.
+
+The runs use the 5-layer "cifar10-tiny" model on a few dozen small synthetic images (the model
+is convolutional with sum pooling, so 8x8 images work); one run uses real CIFAR-10 if cached.
+"""
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+import coda.train as T
+from coda.checkpoint import load_checkpoint
+from coda.data import PROJECT_ROOT, ImageDataset
+from coda.train import TrainConfig, evaluate_accuracy, learning_rate, train
+
+CIFAR_ROOT = Path(os.environ.get("CODA_DATA") or PROJECT_ROOT / "data")
+needs_cifar = pytest.mark.skipif(
+    not (CIFAR_ROOT / "cifar10" / "train.npz").exists(),
+    reason=f"CIFAR-10 cache not found in {CIFAR_ROOT / 'cifar10'} (set CODA_DATA to a folder with cifar10/)",
+)
+TINY = {"model": "cifar10-tiny", "precision": "fp32", "lr": 1e-3, "warmup_epochs": 0.5}
+
+
+def toy_data(n: int, size: int = 8, seed: int = 0) -> ImageDataset:
+    """``n`` noisy images whose mean colour depends on the label: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    colours = torch.rand(10, 3, 1, 1, generator=g)
+    x = colours[labels] + 0.2 * torch.randn(n, 3, size, size, generator=g)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    return ImageDataset(images, labels, tuple(f"class{i}" for i in range(10)))
+
+
+def run(cfg: TrainConfig, out=None, **kwargs):
+    return train(
+        cfg,
+        out,
+        device="cpu",
+        train_data=toy_data(48),
+        test_data=toy_data(20, seed=1),
+        progress=False,
+        **kwargs,
+    )
+
+
+# ----- learning-rate schedules -----------------------------------------------------------------
+
+
+def test_paper_schedule_divides_by_1_5_every_30_epochs():
+    cfg = TrainConfig(schedule="paper", lr=2.5e-4, epochs=200)
+    lr = [learning_rate(cfg, epoch * 10 + 5, steps_per_epoch=10) for epoch in range(200)]
+    assert lr[0] == lr[29] == 2.5e-4
+    assert lr[30] == pytest.approx(2.5e-4 / 1.5) and lr[59] == lr[30]
+    assert lr[60] == pytest.approx(2.5e-4 / 1.5**2)
+    assert lr[199] == pytest.approx(2.5e-4 / 1.5**6)
+    assert learning_rate(cfg, 299, 10) == 2.5e-4 and learning_rate(cfg, 300, 10) < 2.5e-4
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    cfg = TrainConfig(schedule="cosine", lr=1e-3, epochs=10, warmup_epochs=2)
+    lr = [learning_rate(cfg, step, steps_per_epoch=50) for step in range(500)]
+    assert lr[0] == pytest.approx(1e-3 / 100)
+    assert lr[99] == pytest.approx(1e-3) and max(lr) == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(lr[:99], lr[1:100], strict=True)), "warm-up increases"
+    assert all(a >= b for a, b in zip(lr[100:], lr[101:], strict=False)), "then decays"
+    assert lr[300] == pytest.approx(0.5e-3), "half-way through the decay: half the peak"
+    assert lr[-1] < 1e-3 * 1e-3
+
+
+def test_cosine_without_warmup_starts_at_peak():
+    cfg = TrainConfig(schedule="cosine", lr=1e-3, epochs=3, warmup_epochs=0)
+    assert learning_rate(cfg, 0, 10) == pytest.approx(1e-3)
+
+
+# ----- the config ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"schedule": "step"}, "schedule must be one of"),
+        ({"precision": "fp8"}, "precision must be one of"),
+        ({"batch_size": 10, "accumulate": 3}, "multiple of accumulate"),
+        ({"accumulate": 0}, "multiple of accumulate"),
+        ({"batch_size": 0}, "multiple of accumulate"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"lr": 0.0}, "lr > 0"),
+        ({"lr": float("nan")}, "lr > 0"),
+    ],
+)
+def test_config_rejects_bad_values(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**fields)
+
+
+def test_config_round_trips_through_its_dict():
+    cfg = TrainConfig(model_overrides={"temperature": 10.0}, train_subset=100)
+    assert TrainConfig(**cfg.to_dict()) == cfg
+
+
+def test_command_line_of_the_long_cifar_run():
+    """The CLI contract a running job relies on: its command must parse to the same config."""
+    argv = (
+        "--out runs/x --rank-factor 8 --temperature 1000 --epochs 40 --lr 1e-3 --warmup-epochs 1 "
+        "--batch-size 64 --data /data --save-every 100"
+    ).split()
+    cfg, args = T.config_from_args(argv)
+    assert cfg == TrainConfig(
+        model="cifar10-9L-S",
+        model_overrides={"temperature": 1000.0, "rank_factor": 8},
+        epochs=40,
+        batch_size=64,
+        lr=1e-3,
+        warmup_epochs=1.0,
+    )
+    assert (args.out, args.data, args.save_every) == ("runs/x", "/data", 100)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TrainConfig(),
+        TrainConfig(
+            model="cifar10-tiny",
+            model_overrides={"temperature": 12.5, "norm": "l2", "stem_depth": 1},
+            schedule="paper",
+            lr=2.5e-4,
+            precision="fp32",
+            augment=False,
+            train_subset=64,
+            test_subset=32,
+            accumulate=2,
+            seed=3,
+            warmup_epochs=0.25,
+        ),
+    ],
+)
+def test_train_command_parses_back_to_the_config(cfg):
+    words = shlex.split(T.train_command(cfg, out="runs/some name"))
+    assert words[:3] == ["python", "-m", "coda.train"]
+    parsed, args = T.config_from_args(words[3:])
+    assert parsed == cfg and args.out == "runs/some name"
+
+
+def test_train_command_rejects_overrides_without_an_option():
+    with pytest.raises(ValueError, match="num_classes"):
+        T.train_command(TrainConfig(model_overrides={"num_classes": 5}))
+
+
+# ----- the training loop -----------------------------------------------------------------------
+
+
+def test_tiny_run_learns_and_records_history():
+    cfg = TrainConfig(**TINY, epochs=4, batch_size=8, augment=False)
+    model, history = run(cfg)
+    assert not model.training
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert set(history[0]) == {
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_accuracy",
+        "test_accuracy",
+        "images_per_s",
+        "wall_time",
+    }
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["wall_time"] > history[0]["wall_time"] > 0
+
+
+@needs_cifar
+def test_tiny_run_on_cifar_subset():
+    cfg = TrainConfig(**TINY, epochs=2, batch_size=16, train_subset=64, test_subset=32)
+    model, history = train(cfg, device="cpu", data_root=CIFAR_ROOT, progress=False)
+    assert len(history) == 2
+    assert all(0 <= h["test_accuracy"] <= 1 and h["train_loss"] > 0 for h in history)
+    assert 0.2 < history[0]["train_loss"] < 0.5, "BCE starts near 0.325 (logit bias -log 9), no blow-up"
+
+
+def test_too_few_images_for_one_batch_raises():
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train(
+            TrainConfig(**TINY, batch_size=64),
+            device="cpu",
+            train_data=toy_data(10),
+            test_data=toy_data(10),
+            progress=False,
+        )
+
+
+def test_training_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    run(TrainConfig(**TINY, epochs=1, batch_size=16))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_bf16_autocast_runs_on_cpu():
+    cfg = TrainConfig(**{**TINY, "precision": "bf16"}, epochs=1, batch_size=16)
+    model, history = run(cfg)
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "weights stay fp32"
+    assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
+    with T.autocast(torch.device("cpu"), "bf16"):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    with T.autocast(torch.device("cpu"), "auto"):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    with T.autocast(torch.device("cpu"), "fp32"):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    """Two micro-batches of 8 give (nearly) the same Adam moments and weights as one batch of 16.
+
+    Adam's update hardly depends on the gradient's scale, so the moments (which do) are compared too.
+    """
+    states = {}
+    for accumulate in (1, 2):
+        cfg = TrainConfig(**TINY, epochs=1, batch_size=16, accumulate=accumulate)
+        run(cfg, tmp_path / str(accumulate), stop_after_steps=2)
+        states[accumulate] = load_checkpoint(tmp_path / str(accumulate) / "last.pt")
+    one, two = states[1], states[2]
+    assert one["step"] == two["step"] == 2
+    for key in one["model"]:
+        torch.testing.assert_close(two["model"][key], one["model"][key], rtol=1e-4, atol=1e-6)
+    for i, s in one["optimizer"]["state"].items():
+        for moment in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(two["optimizer"]["state"][i][moment], s[moment], rtol=1e-3, atol=1e-9)
+
+
+# ----- resumption ------------------------------------------------------------------------------
+
+RESUME = TrainConfig(**TINY, epochs=2, batch_size=8)  # 48 images: 6 steps per epoch, 12 in all
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    _, history = run(RESUME, out)
+    return load_checkpoint(out / "last.pt"), history
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    for i, s in a["optimizer"]["state"].items():
+        for name, value in s.items():
+            assert torch.equal(value, b["optimizer"]["state"][i][name]), (i, name)
+    assert torch.equal(a["generator"], b["generator"])
+
+
+@pytest.mark.parametrize(
+    "stops",
+    [(3,), (6,), (4, 5), (1, 5, 1)],
+    ids=["mid-epoch", "epoch-boundary", "mid-epoch-twice", "three-stops"],
+)
+def test_resumed_run_is_bit_identical(uninterrupted, tmp_path, stops):
+    expected, expected_history = uninterrupted
+    for steps in stops:
+        run(RESUME, tmp_path, stop_after_steps=steps)
+        partial = load_checkpoint(tmp_path / "last.pt")
+        assert partial["epoch"] * 6 + partial["step"] < 12, "the stop really interrupted the run"
+    _, history = run(RESUME, tmp_path)
+    assert_same_state(load_checkpoint(tmp_path / "last.pt"), expected)
+    assert [h["test_accuracy"] for h in history] == [h["test_accuracy"] for h in expected_history]
+    assert [h["lr"] for h in history] == [h["lr"] for h in expected_history]
+
+
+def test_stop_at_epoch_boundary_saves_a_finished_epoch(tmp_path):
+    run(RESUME, tmp_path, stop_after_steps=6)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"], len(ckpt["history"])) == (1, 0, 1)
+
+
+def test_resuming_a_finished_run_does_nothing(tmp_path):
+    run(RESUME, tmp_path)
+    before = load_checkpoint(tmp_path / "last.pt")
+    _, history = run(RESUME, tmp_path)
+    assert len(history) == 2
+    assert_same_state(load_checkpoint(tmp_path / "last.pt"), before)
+
+
+def test_resuming_with_another_config_raises(tmp_path):
+    run(RESUME, tmp_path, stop_after_steps=2)
+    with pytest.raises(ValueError, match="different training config"):
+        run(TrainConfig(**{**TINY, "lr": 2e-3}, epochs=2, batch_size=8), tmp_path)
+
+
+def test_checkpoint_keys_are_the_documented_format(tmp_path):
+    """The keys a long-running job's resume depends on; change them only with CHECKPOINT_FORMAT."""
+    run(RESUME, tmp_path, stop_after_steps=2)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert set(ckpt) == {
+        "format",
+        "config",
+        "model_config",
+        "model",
+        "optimizer",
+        "epoch",
+        "step",
+        "history",
+        "wall_time",
+        "generator",
+    }
+    assert ckpt["format"] == T.CHECKPOINT_FORMAT and ckpt["config"] == RESUME.to_dict()
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 2)
+
+
+# ----- evaluation ------------------------------------------------------------------------------
+
+
+class PixelOracle(torch.nn.Module):
+    """Predicts the class written into pixel (0, 0) of the red channel (value / 255)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot((x[:, 0, 0, 0] * 255).round().long(), 3).float() + self.dummy
+
+
+def test_evaluate_accuracy_per_class():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    predictions = torch.tensor([0, 0, 0, 1, 1, 1, 0, 1])  # class 0: 3/4, class 1: 2/2, class 2: 0/2
+    images = torch.zeros(8, 3, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0] = predictions.to(torch.uint8)
+    model = PixelOracle().train()
+    result = evaluate_accuracy(model, ImageDataset(images, labels, ("a", "b", "c")), batch_size=3)
+    assert result["n"] == 8
+    assert result["accuracy"] == pytest.approx(5 / 8)
+    assert result["per_class"] == pytest.approx({"a": 0.75, "b": 1.0, "c": 0.0})
+    assert list(result["per_class"]) == ["a", "b", "c"]
+    assert model.training, "evaluation restores the training mode"
