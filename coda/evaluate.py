@@ -169,7 +169,7 @@ def sample_grid_indices(logits: torch.Tensor, labels: torch.Tensor, n_grids: int
     used = [0] * len(queues)
     generator = torch.Generator().manual_seed(seed)
     rows = []
-    while len(rows) < n_grids and any(u < len(q) for u, q in zip(used, queues)):
+    while len(rows) < n_grids and all(u < len(q) for u, q in zip(used, queues, strict=True)):
         classes = torch.randperm(len(queues), generator=generator)[: grid_size**2].tolist()
         rows.append([queues[c][used[c]].item() for c in classes])
         for c in classes:
@@ -420,7 +420,7 @@ def removal_probabilities(model: CoDANet, images: torch.Tensor, labels: torch.Te
         targets = labels.repeat_interleave(p)
         with torch.autocast(images.device.type, enabled=False):
             out = [torch.sigmoid(model.head(model.stem(chunk))).gather(1, t[:, None])
-                   for chunk, t in zip(stacked.split(batch_size), targets.split(batch_size))]
+                   for chunk, t in zip(stacked.split(batch_size), targets.split(batch_size), strict=True)]
         return torch.cat(out).reshape(b, p)
     finally:
         model.train(was_training)
@@ -535,7 +535,7 @@ def localisation_tables(results: list[LocalisationResult], grids: Grids) -> tupl
 def removal_table(results: list[RemovalResult]) -> str:
     """CSV text, one row per (method, order, point): the mean curve and its mean."""
     rows = [[r.method, r.label, r.order, r.probabilities.shape[0], n.item(), f.item(), p.item(), r.mean]
-            for r in results for n, f, p in zip(r.n_removed, r.fraction_removed, r.curve)]
+            for r in results for n, f, p in zip(r.n_removed, r.fraction_removed, r.curve, strict=True)]
     return _csv(["method", "label", "order", "n_images", "n_removed", "fraction_removed", "probability",
                  "curve_mean"], rows)
 

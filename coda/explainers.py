@@ -241,7 +241,7 @@ class WeightedRidge:
 
     def fit(self, train_data) -> dict:
         """Fit on the (x, y, w) batches of ``train_data`` (x: (n, features), y: (n,) or (n, k))."""
-        x, y, w = (torch.cat(parts).double() for parts in zip(*train_data))
+        x, y, w = (torch.cat(parts).double() for parts in zip(*train_data, strict=True))
         y, w = y.reshape(len(x), -1), w.reshape(-1)
         x_mean, y_mean = (w / w.sum()) @ x, (w / w.sum()) @ y
         root_w = w.sqrt()[:, None]
