@@ -35,7 +35,7 @@ def explanation_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.explain = True
         yield model
     finally:
-        for m, was in zip(layers, previous):
+        for m, was in zip(layers, previous, strict=True):
             m.explain = was
 
 

@@ -176,7 +176,7 @@ class CoDANet(nn.Module):
         self.logit_bias = float(config.logit_bias)
         c_in = 2 * config.in_channels
         stem, layers = [], []
-        specs = zip(config.channels, config.kernel_sizes, config.strides, config.ranks)
+        specs = zip(config.channels, config.kernel_sizes, config.strides, config.ranks, strict=True)
         for i, (c_out, k, s, r) in enumerate(specs):
             if i < config.stem_depth:
                 stem.append(conv_block(c_in, c_out, k, s, last=i == len(config.channels) - 1))
@@ -265,7 +265,7 @@ def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor], name: str,
             f"expected {len(model.layers)} CoDA layers for {name!r} in the state dict, found "
             f"{len(indices)} keys like 'i.weight_mod.weighting_f.0.weight'"
         )
-    for layer, i in zip(model.layers, indices):
+    for layer, i in zip(model.layers, indices, strict=True):
         prefix = f"{i}.weight_mod.weighting_f."
         missing = [prefix + k for k in ("1.weight", "1.bias") if prefix + k not in sd]
         if missing:
