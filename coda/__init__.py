@@ -7,6 +7,7 @@ for its idea (``coda.dau``, ``coda.layers``, ``coda.models``, ``coda.explain``, 
 from coda.explain import contribution_map, contributions, dynamic_linear_weights, explanation_mode
 from coda.layers import CoDAConv2d, DynamicAlignment
 from coda.models import CONFIGS, CoDANet, CoDANetConfig, build_model, from_reference_state_dict
+from coda.pretrained import list_pretrained, load_pretrained
 
 __all__ = [
     "CONFIGS",
@@ -20,4 +21,6 @@ __all__ = [
     "dynamic_linear_weights",
     "explanation_mode",
     "from_reference_state_dict",
+    "list_pretrained",
+    "load_pretrained",
 ]

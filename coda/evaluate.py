@@ -72,6 +72,33 @@ DEFAULT_METHODS = ("coda", "grad", "ixg", "intgrad", "deeplift", "gradcam", "occ
                    "guided_backprop")
 
 
+class Clock:
+    """Accumulates wall-clock and process CPU seconds over ``with clock:`` blocks.
+
+    CPU time stays meaningful on a shared machine, where wall-clock time depends on the other
+    jobs; CUDA work is synchronised before reading the clocks.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self) -> Clock:
+        self._sync()
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._sync()
+        self.seconds += time.perf_counter() - self._wall
+        self.cpu_seconds += time.process_time() - self._cpu
+
+
 # ----- localisation: the grid pointing game ---------------------------------------------------
 
 
@@ -234,14 +261,15 @@ def make_grids(model: CoDANet, dataset: ImageDataset, n_grids: int = 500, grid_s
 class LocalisationResult:
     """Pointing-game scores of one method: ``scores`` (n_grids, g*g), one per (grid, cell).
 
-    ``seconds`` is the time spent computing attributions; ``n_attributions`` their number
-    (one per grid and cell).
+    ``seconds`` and ``cpu_seconds`` are the wall-clock and process CPU time spent computing
+    attributions; ``n_attributions`` their number (one per grid and cell).
     """
 
     method: str
     label: str
     scores: torch.Tensor
     seconds: float = float("nan")
+    cpu_seconds: float = float("nan")
 
     @property
     def n_attributions(self) -> int:
@@ -308,16 +336,15 @@ def localisation_scores(model: CoDANet, grids: Grids, explainer: str | Explainer
     """
     explainer = as_explainer(explainer)
     device = next(model.parameters()).device
-    scores, seconds = [], 0.0
+    scores, clock = [], Clock(device)
     for g in tqdm(range(len(grids)), desc=f"localisation {explainer.name}", disable=not progress, leave=False):
         x = grids.images[g : g + 1].to(device)
         x = to_float(x) if x.dtype == torch.uint8 else x.float()
-        start = time.perf_counter()
-        attributions = explainer.attribute_classes(model, x, grids.classes[g].to(device))
-        seconds += time.perf_counter() - start
+        with clock:
+            attributions = explainer.attribute_classes(model, x, grids.classes[g].to(device))
         scores.append(grid_scores(attributions.float(), grids.grid_size).cpu())
     scores = torch.stack(scores) if scores else torch.zeros(0, grids.n_cells)
-    return LocalisationResult(explainer.name, explainer.label, scores, seconds)
+    return LocalisationResult(explainer.name, explainer.label, scores, clock.seconds, clock.cpu_seconds)
 
 
 # ----- pixel removal -------------------------------------------------------------------------
@@ -334,7 +361,7 @@ class RemovalResult:
     n_removed : (P,) pixels removed at each point (0, stride, 2 * stride, ...).
     n_pixels : H * W.
     order : "least" (least important first, the paper's) or "most".
-    seconds : time spent computing attributions, for N attributions.
+    seconds, cpu_seconds : wall-clock and process CPU time spent computing the N attributions.
     """
 
     method: str
@@ -344,6 +371,11 @@ class RemovalResult:
     n_removed: torch.Tensor
     n_pixels: int
     seconds: float = float("nan")
+    cpu_seconds: float = float("nan")
+
+    @property
+    def n_attributions(self) -> int:
+        return self.probabilities.shape[0]
 
     @property
     def curve(self) -> torch.Tensor:
@@ -459,18 +491,18 @@ def pixel_removal(model: CoDANet, images: torch.Tensor, labels: torch.Tensor,
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     device = next(model.parameters()).device
-    probabilities, seconds = [], 0.0
+    probabilities, clock = [], Clock(device)
     for start in tqdm(range(0, len(images), batch_size), desc=f"removal {explainer.name}", disable=not progress, leave=False):
         x = images[start : start + batch_size].to(device)
         x = to_float(x) if x.dtype == torch.uint8 else x.float()
         y = labels[start : start + batch_size].to(device)
-        clock = time.perf_counter()
-        importance = explainer(model, x, y).float().sum(1)
-        seconds += time.perf_counter() - clock
+        with clock:
+            importance = explainer(model, x, y).float().sum(1)
         keep = removal_masks(importance, n_removed, order)
         probabilities.append(removal_probabilities(model, x, y, keep, eval_batch_size).cpu())
     probabilities = torch.cat(probabilities) if probabilities else torch.zeros(0, len(n_removed))
-    return RemovalResult(explainer.name, explainer.label, order, probabilities, n_removed, n_pixels, seconds)
+    return RemovalResult(explainer.name, explainer.label, order, probabilities, n_removed, n_pixels, clock.seconds,
+                         clock.cpu_seconds)
 
 
 # ----- loading models ------------------------------------------------------------------------
@@ -546,11 +578,12 @@ def timing_table(localisation: list[LocalisationResult], removal: list[RemovalRe
     rows = []
     for task, shape, results in (("localisation", grid_shape, localisation), ("removal", image_shape, removal)):
         for r in results:
-            n = r.n_attributions if task == "localisation" else r.probabilities.shape[0]
-            rows.append([r.method, r.label, task, f"{shape[0]}x{shape[1]}", n, r.seconds,
-                         r.seconds / n if n else math.nan, str(device), torch.get_num_threads()])
+            n = r.n_attributions
+            rows.append([r.method, r.label, task if task == "localisation" else f"removal-{r.order}",
+                         f"{shape[0]}x{shape[1]}", n, r.seconds, r.seconds / n if n else math.nan,
+                         r.cpu_seconds / n if n else math.nan, str(device), torch.get_num_threads()])
     return _csv(["method", "label", "task", "image_size", "n_attributions", "seconds", "seconds_per_attribution",
-                 "device", "threads"], rows)
+                 "cpu_seconds_per_attribution", "device", "threads"], rows)
 
 
 def versions() -> dict:
@@ -654,6 +687,11 @@ def run(model: CoDANet, info: dict, methods: list[str], out: Path, command: str,
     print(f"wrote {out}")
 
 
+def _number(x: float) -> float | None:
+    """``x`` for JSON: None instead of NaN (no grids, no images)."""
+    return None if math.isnan(x) else x
+
+
 def _record(info, methods, command, a, orders, device, accuracy, pool_size, grids, localisation, removal) -> dict:
     return {
         "command": command, "cwd": os.getcwd(), "seed": a.seed, "smoke": a.smoke, "model": info,
@@ -662,11 +700,11 @@ def _record(info, methods, command, a, orders, device, accuracy, pool_size, grid
         "test_accuracy": {"accuracy": accuracy, "n": pool_size},
         "localisation": {"grid_size": grids.grid_size, "n_grids_requested": a.n_grids, "n_grids": len(grids),
                          "exhausted": grids.exhausted, "grid_pool": pool_size,
-                         "summary": {r.method: {"mean": r.mean, "median": r.median, "n": r.scores.numel()}
-                                     for r in localisation}},
+                         "summary": {r.method: {"mean": _number(r.mean), "median": _number(r.median),
+                                                "n": r.scores.numel()} for r in localisation}},
         "removal": {"n_images": a.n_removal, "fraction": a.fraction, "stride": a.stride, "orders": orders,
-                    "summary": {f"{r.method}/{r.order}": {"mean": r.mean, "start": r.curve[0].item(),
-                                                          "end": r.curve[-1].item()} for r in removal}},
+                    "summary": {f"{r.method}/{r.order}": {"mean": _number(r.mean), "start": _number(r.curve[0].item()),
+                                                          "end": _number(r.curve[-1].item())} for r in removal}},
         "published_reference": "coda.evaluate.PUBLISHED (the paper's numbers, not measured here)",
     }
 

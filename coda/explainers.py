@@ -19,7 +19,7 @@ channels.
 | deeplift | DeepLIFT | captum ``DeepLift``, zero baseline |
 | gradcam | GCam | ``LayerGradCam`` on the last CoDA layer, ReLU, nearest upsampling |
 | occ5, occ9 | Occ5, Occ9 | ``Occlusion``, 5x5 / 9x9 patches, stride 2, baseline 0 |
-| lime | LIME | captum ``Lime`` on 4x4 pixel blocks, seeded |
+| lime | LIME | captum ``Lime`` on 4x4 pixel blocks, 256 samples, ridge surrogate, seeded |
 | guided_backprop | GB | captum ``GuidedBackprop`` |
 
 On a pure CoDA-Net two of these reduce to others, because captum's rules act on modules the
@@ -32,7 +32,8 @@ tests check both) -- as in the paper's numbers, where DeepLIFT and IxG coincide.
 RISE is not included: see ``results/README.md`` for why.
 
 Options (``get_explainer("occ5", batch_size=64)``) are checked against each method's
-defaults; an unknown option raises ``ValueError``.
+defaults; an unknown option raises ``ValueError``. ``batch_size`` bounds the images in one
+forward pass of a post-hoc method (memory), never its result.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def _integrated_gradients(model, images, targets, n_steps, batch_size):
 
     return IntegratedGradients(model).attribute(
         images.requires_grad_(True), baselines=torch.zeros_like(images), target=targets,
-        n_steps=n_steps, internal_batch_size=batch_size,
+        n_steps=n_steps, internal_batch_size=max(batch_size, images.shape[0]),  # >= one step of the batch
     )
 
 
@@ -229,9 +230,10 @@ class WeightedRidge:
     """LIME's surrogate: ridge regression with sample weights and an intercept, in closed form.
 
     Minimises ``sum_i w_i (y_i - x_i^T beta - c)^2 + alpha ||beta||^2`` (the ``lime`` package's
-    default ``Ridge(alpha=1)``). Implements captum's interpretable-model interface (``fit``,
-    ``representation``, ``__call__``); captum's own default surrogate needs scikit-learn, and
-    its SGD surrogates stop after 100 steps, far from the optimum.
+    default ``Ridge(alpha=1)``). Has the methods of captum's interpretable-model interface
+    (``fit``, ``representation``, ``__call__``). captum's own default surrogate needs
+    scikit-learn (not a dependency here), and its SGD surrogates stop after 100 steps of
+    plain SGD, far from the optimum.
     """
 
     def __init__(self, alpha: float = 1.0):
@@ -260,10 +262,8 @@ class WeightedRidge:
 
 
 def _lime(model, images, targets, n_samples, block, alpha, seed, batch_size):
-    from captum._utils.models.model import Model
     from captum.attr import Lime
 
-    Model.register(WeightedRidge)  # captum's interface is an ABC; ours satisfies it
     mask = block_mask(*images.shape[-2:], block, images.device)
     lime = Lime(model, interpretable_model=WeightedRidge(alpha))
     with torch.random.fork_rng(devices=[]), torch.no_grad():  # seeded, caller's RNG untouched

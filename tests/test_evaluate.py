@@ -29,7 +29,7 @@ from coda.evaluate import (
     sample_grid_indices,
     tile,
 )
-from coda.explainers import EXPLAINERS, block_mask, explain, get_explainer
+from coda.explainers import EXPLAINERS, WeightedRidge, block_mask, explain, get_explainer
 from coda.models import CoDANet, CoDANetConfig
 
 
@@ -114,6 +114,21 @@ def test_lime_is_seeded_and_leaves_the_global_rng_alone(tiny):
     assert torch.equal(a, b) and not torch.equal(a, c)
     # one value per 4x4 block
     assert torch.equal(a, a[..., ::4, ::4].repeat_interleave(4, -1).repeat_interleave(4, -2))
+
+
+def test_lime_surrogate_is_weighted_ridge_regression():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 2, (40, 5), generator=gen).float()
+    y = torch.randn(40, generator=gen)
+    w = torch.rand(40, generator=gen)
+    ridge = WeightedRidge(alpha=0.7)
+    ridge.fit([(x[:25], y[:25], w[:25]), (x[25:], y[25:], w[25:])])  # batches, as a DataLoader gives them
+    # oracle: the normal equations of the weighted problem, intercept not penalised (numpy, float64)
+    X, Y, W = np.c_[x.double().numpy(), np.ones(40)], y.double().numpy(), np.diag(w.double().numpy())
+    penalty = np.diag([0.7] * 5 + [0.0])
+    beta = np.linalg.solve(X.T @ W @ X + penalty, X.T @ W @ Y)
+    torch.testing.assert_close(ridge.representation(), torch.tensor(beta[None, :5], dtype=torch.float32))
+    torch.testing.assert_close(ridge(x[:3]).squeeze(1), torch.tensor(X[:3] @ beta, dtype=torch.float32))
 
 
 def test_block_mask():
