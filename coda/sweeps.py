@@ -14,6 +14,11 @@ over several sessions::
 
     nohup python -m coda.sweeps train temperature rank depth > sweeps.log 2>&1 &
     python -m coda.sweeps status
+    python -m coda.sweeps evaluate              # accuracy, localisation, pixel removal per run
+    python -m coda.sweeps layers                # localisation at every layer of the default model
+
+Evaluation loads each run from the shipped models (``coda.pretrained``) if it is there, else
+from its finished checkpoint in ``runs/sweeps/``; it writes ``results/sweeps/``.
 """
 
 from __future__ import annotations
@@ -21,11 +26,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
+import sys
 from pathlib import Path
 
-from coda.checkpoint import load_checkpoint
-from coda.data import PROJECT_ROOT
-from coda.train import TrainConfig, train
+import torch
+
+from coda.checkpoint import load_checkpoint, write_json, write_text
+from coda.data import PROJECT_ROOT, load_cifar10
+from coda.evaluate import localisation_scores, make_grids, pixel_removal
+from coda.explain import contributions
+from coda.explainers import Explainer
+from coda.models import CoDANet
+from coda.train import TrainConfig, evaluate_accuracy, train
 
 SWEEP_BUDGET = dict(epochs=5, batch_size=64, lr=1e-3, schedule="cosine", warmup_epochs=0.5, seed=0)
 TEMPERATURES = (10, 100, 1000, 5000)
@@ -33,6 +46,8 @@ RANK_FACTORS = (4, 8, 16, 32)
 STEM_DEPTHS = (0, 1, 3, 5)
 SWEEPS = ("temperature", "rank", "depth")
 RUNS_DIR = PROJECT_ROOT / "runs" / "sweeps"
+RESULTS_DIR = PROJECT_ROOT / "results" / "sweeps"
+EVAL_SIZES = dict(n_grids=100, n_removal=256)  # per run; the full protocol (500, 1024) per model costs ~10 CPU minutes
 
 
 def run_name(rank_factor: int = 8, temperature: float = 1000, stem_depth: int = 0, cnn: bool = False) -> str:
@@ -100,6 +115,105 @@ def train_sweeps(sweeps, runs_dir: Path = RUNS_DIR, data_root=None, device=None,
         train(cfg, out, device=device, data_root=data_root, progress=progress)
 
 
+# ----- evaluation ------------------------------------------------------------------------
+
+
+def _layer_contributions(model: CoDANet, images: torch.Tensor, targets: torch.Tensor, layer: int) -> torch.Tensor:
+    return contributions(model, images, targets, layer=layer)
+
+
+def layer_explainer(layer: int) -> Explainer:
+    """CoDA contributions of the input of CoDA layer ``layer``, as an evaluation explainer."""
+    return Explainer(f"coda-layer{layer}", f"Ours (layer {layer})", _layer_contributions,
+                     options={"layer": layer}, post_hoc=False)
+
+
+def evaluate_model(model: CoDANet, test, n_grids: int, n_removal: int, seed: int = 0) -> dict:
+    """Accuracy, localisation and pixel removal of one model's contributions.
+
+    Contributions are taken at the input for a pure CoDA-Net and at the input of the first
+    CoDA layer for a hybrid (pixel removal then does not apply: it needs input attributions).
+    An all-conventional network gets its accuracy only.
+    """
+    row = {"parameters": sum(p.numel() for p in model.parameters()),
+           "test_accuracy": evaluate_accuracy(model, test)["accuracy"],
+           "explained_from": "input" if not len(model.stem) else f"layer 0 (after a {len(model.stem)}-block stem)",
+           "localisation_mean": None, "localisation_median": None, "n_grids": 0, "removal_mean": None,
+           "n_removal": 0}
+    if not len(model.layers):
+        row["explained_from"] = "nothing (no CoDA layer)"
+        return row
+    grids = make_grids(model, test, n_grids=n_grids, seed=seed)
+    loc = localisation_scores(model, grids, "coda" if not len(model.stem) else layer_explainer(0))
+    row.update(localisation_mean=loc.mean, localisation_median=loc.median, n_grids=len(grids))
+    if not len(model.stem):
+        removal = pixel_removal(model, test.images[:n_removal], test.labels[:n_removal], "coda")
+        row.update(removal_mean=removal.mean, n_removal=len(removal.probabilities))
+    return row
+
+
+def _load_run(name: str, runs_dir: Path):
+    """A run's model from the shipped models, else its finished checkpoint; None if neither."""
+    from coda import pretrained
+
+    if name in pretrained.list_pretrained():
+        return pretrained.load_pretrained(name), "coda.pretrained"
+    path = Path(runs_dir) / name / "last.pt"
+    if path.exists():
+        ckpt = load_checkpoint(path)
+        if ckpt["epoch"] >= ckpt["config"]["epochs"]:
+            return pretrained.model_from_checkpoint(ckpt).eval(), str(path)
+    return None, None
+
+
+def evaluate_sweeps(sweeps, runs_dir: Path = RUNS_DIR, out: Path = RESULTS_DIR, data_root=None,
+                    n_grids: int = EVAL_SIZES["n_grids"], n_removal: int = EVAL_SIZES["n_removal"],
+                    command: str = "") -> list[dict]:
+    """Evaluate every available run of ``sweeps``; write ``<out>/sweeps.csv`` and ``.json``."""
+    test = load_cifar10("test", data_root)
+    rows = []
+    for name, cfg in all_runs(sweeps).items():
+        model, source = _load_run(name, runs_dir)
+        if model is None:
+            print(f"-- {name}: not trained yet, skipped", flush=True)
+            continue
+        overrides = cfg.model_overrides
+        row = {"name": name, "sweeps": " ".join(s for s in SWEEPS if s in sweeps and name in sweep_runs(s)),
+               "model": cfg.model, "temperature": model.temperature,
+               "rank_factor": overrides.get("rank_factor", model.config.rank_factor),
+               "stem_depth": model.config.stem_depth, "epochs": cfg.epochs, "source": source}
+        row.update(evaluate_model(model, test, n_grids, n_removal))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    _write_rows(rows, out / "sweeps", command, {"budget": SWEEP_BUDGET, "n_grids": n_grids, "n_removal": n_removal})
+    return rows
+
+
+def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], seed: int = 0) -> list[dict]:
+    """Localisation of the contributions at the input of every CoDA layer (interpretable depth).
+
+    The same grids serve every layer; maps of deeper layers are coarser (their input is
+    downsampled by the strides before them), and the cells are scored at that resolution.
+    """
+    grids = make_grids(model, test, n_grids=n_grids, seed=seed)
+    rows = []
+    explainers = ([("input", "coda")] if not len(model.stem) else []) + [
+        (f"layer {i}", layer_explainer(i)) for i in range(len(model.layers))]
+    for where, explainer in explainers:
+        loc = localisation_scores(model, grids, explainer)
+        rows.append({"explained": where, "localisation_mean": loc.mean, "localisation_median": loc.median,
+                     "n_grids": len(grids)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _write_rows(rows: list[dict], stem: Path, command: str, extra: dict) -> None:
+    header = list(rows[0]) if rows else []
+    lines = [",".join(header)] + [",".join("" if r[k] is None else str(r[k]) for k in header) for r in rows]
+    write_text("\n".join(lines) + "\n", stem.with_suffix(".csv"))
+    write_json({"command": command, "rows": rows, **extra}, stem.with_suffix(".json"))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m coda.sweeps", description="Train the ablation sweeps.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -111,9 +225,31 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("status", help="epochs done and test accuracy of every run")
     s.add_argument("sweeps", nargs="*", help=f"some of {SWEEPS} (default: all)")
     s.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
+    e = sub.add_parser("evaluate", help="accuracy, localisation and pixel removal of every available run")
+    e.add_argument("sweeps", nargs="*", help=f"some of {SWEEPS} (default: all)")
+    e.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
+    e.add_argument("--out", type=Path, default=RESULTS_DIR)
+    e.add_argument("--n-grids", type=int, default=EVAL_SIZES["n_grids"])
+    e.add_argument("--n-removal", type=int, default=EVAL_SIZES["n_removal"])
+    e.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
+    layers = sub.add_parser("layers", help="localisation at every CoDA layer of a model")
+    layers.add_argument("--model", default=None, help="shipped model name or checkpoint (default: the default model)")
+    layers.add_argument("--out", type=Path, default=RESULTS_DIR)
+    layers.add_argument("--n-grids", type=int, default=EVAL_SIZES["n_grids"])
+    layers.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
     a = p.parse_args(argv)
+    command = "python -m coda.sweeps " + shlex.join(sys.argv[1:] if argv is None else argv)
     if a.command == "train":
         train_sweeps(a.sweeps, a.runs_dir, a.data, a.device)
+    elif a.command == "evaluate":
+        evaluate_sweeps(a.sweeps or SWEEPS, a.runs_dir, a.out, a.data, a.n_grids, a.n_removal, command)
+    elif a.command == "layers":
+        from coda import pretrained
+        from coda.evaluate import load_model
+
+        model, info = load_model(a.model or pretrained.default_name())
+        rows = evaluate_layers(model, load_cifar10("test", a.data), a.n_grids)
+        _write_rows(rows, a.out / "layers", command, {"model": info["name"], "n_grids": a.n_grids})
     else:
         for name, cfg in all_runs(a.sweeps or SWEEPS).items():
             st = run_status(name, cfg, a.runs_dir)

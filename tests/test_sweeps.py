@@ -101,3 +101,32 @@ def test_status_and_training_skip_finished_runs(tmp_path, monkeypatch):
     other = dataclasses.replace(cfg, lr=cfg.lr / 2)
     with pytest.raises(ValueError, match="another config"):
         run_status(name, other, tmp_path)
+
+
+def test_layer_explainer_scores_the_layer_contributions():
+    from coda.evaluate import Grids, localisation_scores
+    from coda.sweeps import layer_explainer
+
+    model = build_model("cifar10-tiny").eval()
+    x = torch.rand(2, 3, 32, 32)
+    attributions = layer_explainer(2)(model, x, torch.tensor([1, 4]))
+    torch.testing.assert_close(attributions, contributions(model, x, torch.tensor([1, 4]), layer=2))
+    # One 2x2 grid of 32x32 images: deeper maps are coarser but still score per cell.
+    grid = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    grids = Grids(images=grid, classes=torch.tensor([[0, 1, 2, 3]]), indices=torch.zeros(1, 4, dtype=torch.long),
+                  grid_size=2)
+    result = localisation_scores(model, grids, layer_explainer(3))
+    assert result.scores.shape == (1, 4) and (result.scores >= 0).all() and (result.scores <= 1).all()
+
+
+def test_evaluate_model_on_pure_hybrid_and_cnn():
+    from coda.sweeps import evaluate_model
+
+    test = _tiny_data(20)
+    for name, overrides, explained in [("cifar10-tiny", {}, "input"), ("cifar10-tiny", {"stem_depth": 2}, "layer 0"),
+                                       ("cifar10-cnn", {}, "nothing")]:
+        row = evaluate_model(build_model(name, **overrides).eval(), test, n_grids=2, n_removal=4)
+        assert 0 <= row["test_accuracy"] <= 1 and row["explained_from"].startswith(explained)
+        # An untrained model is confident about no image, so there are no grids to score.
+        assert row["n_grids"] == 0
+        assert row["n_removal"] == (4 if explained == "input" else 0)
