@@ -12,7 +12,6 @@ contribution maps are (H, W) and drawn with a diverging colour map centred at 0
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -247,7 +246,10 @@ def plot_learning_curves(history: Sequence[Mapping], axes=None, label: str = "",
     ax_acc.legend()
     ax_loss.legend()
     for ax in axes:
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
     return ax_loss.figure
 
 
@@ -263,7 +265,9 @@ def plot_per_class_accuracy(per_class: Mapping[str, float], ax=None, chance: flo
     y = np.arange(len(names))[::-1]
     ax.barh(y, values, color=PALETTE[0])
     for yi, v in zip(y, values, strict=True):
-        ax.text(min(v + 0.01, 0.93), yi, f"{v:.2f}", va="center", fontsize=8)
+        inside = v > 0.85  # write the value inside long bars
+        ax.text(v - 0.01 if inside else v + 0.01, yi, f"{v:.2f}", va="center", fontsize=8,
+                ha="right" if inside else "left", color="white" if inside else "black")
     if chance is not None:
         ax.axvline(chance, color="0.5", ls="--", lw=1, label="chance")
         ax.legend(loc="lower right")
@@ -335,25 +339,23 @@ def plot_removal_curves(fractions, curves: Mapping[str, Sequence[float]], ax=Non
 # ----- interactive explorers (ipywidgets; testable without a browser) ----------------------
 
 
-def _refresher(fig):
-    """An ``Output`` widget and a function that (re)displays ``fig`` inside it.
+def _figure_image(fig):
+    """An ``ipywidgets.Image`` showing ``fig``, and a function that re-renders it.
 
-    Outside IPython (tests, scripts) nothing is displayed; the figure is still updated.
+    The explorers draw into a plain matplotlib ``Figure`` and ship it as PNG bytes in an
+    image widget: no ``Output`` widget capturing display messages, so the explorers behave
+    the same in JupyterLab, under papermill and in tests (where nothing is displayed).
     """
     import ipywidgets as widgets
-    from IPython import get_ipython
-    from IPython.display import display
 
-    out = widgets.Output()
+    image = widgets.Image(format="png")
 
     def show():
-        if get_ipython() is None:
-            return
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None}, facecolor="white")
+        image.value = buf.getvalue()
 
-    return out, show
+    return image, show
 
 
 def _default_dau_matrix() -> torch.Tensor:
@@ -412,7 +414,8 @@ def dau_explorer(W: torch.Tensor | None = None, angle: float = 60.0, length: flo
     for lam, v in zip(eigvals, eigvecs.T, strict=True):
         v = v / v.norm()
         ax_vec.plot([-lim * v[0], lim * v[0]], [-lim * v[1], lim * v[1]], ls="--", lw=1, color="0.6")
-        ax_vec.text(1.05 * v[0], 1.05 * v[1], f"λ={lam:.2f}", color="0.4", fontsize=8)
+        ax_vec.text(0.8 * v[0], 0.8 * v[1], f"λ = {lam:.2f}", color="0.3", fontsize=8, ha="center",
+                    va="center", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
     arrows = ax_vec.quiver([0, 0], [0, 0], [1, 0], [0, 1], angles="xy", scale_units="xy", scale=1,
                            color=[PALETTE[0], PALETTE[1]], width=0.012)
     ax_vec.legend(handles=[_patch(PALETTE[0], "x / ||x||"), _patch(PALETTE[1], "g(W x)")],
@@ -427,7 +430,7 @@ def dau_explorer(W: torch.Tensor | None = None, angle: float = 60.0, length: flo
             ax_out.axvline(a_, color="0.6", ls="--", lw=1)
     ax_out.set(xlim=(0, 360), ylim=(-1.1, 1.1), xlabel="angle of x (degrees)", ylabel="DAU(x) / ||x||",
                xticks=range(0, 361, 60))
-    out, show = _refresher(fig)
+    image, show = _figure_image(fig)
     state: dict = {}
 
     def update(change=None) -> dict:
@@ -449,7 +452,7 @@ def dau_explorer(W: torch.Tensor | None = None, angle: float = 60.0, length: flo
     for c in controls.values():
         c.observe(update, names="value")
     update()
-    return widgets.VBox([widgets.HBox(list(controls.values())[:2]), controls["norm"], out]), update
+    return widgets.VBox([widgets.HBox(list(controls.values())[:2]), controls["norm"], image]), update
 
 
 def _circle(radius: float):
@@ -499,13 +502,14 @@ def contribution_explorer(model, images: torch.Tensor, labels: torch.Tensor | No
         c, h, w = model.layer_input(images[:1], layer).shape[1:]
         layer_options.append((f"input of CoDA layer {layer + 1} ({c}x{h}x{w})", layer))
     controls = {
-        "index": widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image"),
+        "index": widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image",
+                                   continuous_update=False),
         "target": widgets.Dropdown(options=class_options, value=-1, description="class"),
         "layer": widgets.Dropdown(options=layer_options, value=layer_options[0][1], description="explain"),
     }
     fig = Figure(figsize=(7, 3.6), layout="constrained")
     ax_img, ax_map = fig.subplots(1, 2)
-    out, show = _refresher(fig)
+    image, show = _figure_image(fig)
     state: dict = {}
 
     def update(change=None) -> dict:
@@ -520,7 +524,7 @@ def contribution_explorer(model, images: torch.Tensor, labels: torch.Tensor | No
         show_image(ax_img, images[i], title=f"predicted: {classes[int(predicted[i])]}{truth}")
         show_contribution_map(ax_map, cmap, percentile=percentile,
                               title=f"{classes[target]}: sum {total:.2f} = logit - b0")
-        state.update(index=i, target=target, layer=layer, map=cmap.numpy(), total=total,
+        state.update(index=i, target=target, layer=layer, map=_numpy(cmap), total=total,
                      logit=float(logits[i, target]))
         show()
         return state
@@ -528,10 +532,4 @@ def contribution_explorer(model, images: torch.Tensor, labels: torch.Tensor | No
     for c in controls.values():
         c.observe(update, names="value")
     update()
-    return widgets.VBox([widgets.HBox([controls["index"], controls["target"]]), controls["layer"], out]), update
-
-
-def grid_shape(n: int, max_cols: int = 6) -> tuple[int, int]:
-    """Rows and columns for ``n`` panels with at most ``max_cols`` per row."""
-    cols = min(n, max_cols)
-    return math.ceil(n / cols), cols
+    return widgets.VBox([widgets.HBox([controls["index"], controls["target"]]), controls["layer"], image]), update
