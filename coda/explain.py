@@ -39,7 +39,7 @@ def explanation_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.explain = was
 
 
-def _targets(target, batch: int, num_classes: int, device: torch.device) -> torch.Tensor:
+def check_targets(target, batch: int, num_classes: int, device: torch.device) -> torch.Tensor:
     """An int or one int per example -> (B,) long tensor, checked against the classes."""
     t = torch.as_tensor(target, device=device)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
@@ -90,7 +90,7 @@ def linear_gradient(model: CoDANet, images: torch.Tensor, target, layer: int | N
                     a = model.layer_input(images, layer)
             a = a.detach().requires_grad_(True)
             logits = model.head(a, start=layer or 0)
-            t = _targets(target, images.shape[0], model.num_classes, device)
+            t = check_targets(target, images.shape[0], model.num_classes, device)
             (grad,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), a)
         return a.detach(), grad.detach()
     finally:

@@ -45,7 +45,7 @@ from types import MappingProxyType
 
 import torch
 
-from coda.explain import _targets, contributions
+from coda.explain import check_targets, contributions
 from coda.models import CoDANet, check_images
 
 # Largest number of images in one forward (and backward) pass of a post-hoc method. The
@@ -120,7 +120,7 @@ class Explainer:
             raise ValueError(f"expected a CoDANet, got {type(model).__name__}")
         check_images(images, model.config.in_channels)
         n_targets = images.shape[0] if per_image else torch.as_tensor(target).numel()
-        targets = _targets(target, n_targets, model.num_classes, images.device)
+        targets = check_targets(target, n_targets, model.num_classes, images.device)
         was_training = model.training
         model.eval()
         try:

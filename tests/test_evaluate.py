@@ -315,6 +315,8 @@ def test_least_first_stays_above_most_first_for_a_linear_model():
     assert least.mean > most.mean
 
 
+@pytest.mark.skipif(not (coda.data.data_dir() / "cifar10" / "test.npz").exists(),
+                    reason="CIFAR-10 cache not found (set CODA_DATA to a folder with cifar10/)")
 def test_removal_on_cifar_starts_at_the_model_probability(tiny):
     test = coda.data.load_cifar10("test", download=False).first(3)
     result = pixel_removal(tiny, test.images, test.labels, "grad", eval_batch_size=100)
