@@ -152,17 +152,16 @@ def evaluate_model(model: CoDANet, test, n_grids: int, n_removal: int, seed: int
     return row
 
 
-def _load_run(name: str, runs_dir: Path):
+def _load_run(name: str, cfg: TrainConfig, runs_dir: Path):
     """A run's model from the shipped models, else its finished checkpoint; None if neither."""
     from coda import pretrained
+    from coda.evaluate import load_model
 
     if name in pretrained.list_pretrained():
-        return pretrained.load_pretrained(name), "coda.pretrained"
-    path = Path(runs_dir) / name / "last.pt"
-    if path.exists():
-        ckpt = load_checkpoint(path)
-        if ckpt["epoch"] >= ckpt["config"]["epochs"]:
-            return pretrained.model_from_checkpoint(ckpt).eval(), str(path)
+        return load_model(name)[0], "coda.pretrained"
+    if run_status(name, cfg, runs_dir)["finished"]:
+        path = Path(runs_dir) / name / "last.pt"
+        return load_model(str(path))[0], str(path)
     return None, None
 
 
@@ -173,7 +172,7 @@ def evaluate_sweeps(sweeps, runs_dir: Path = RUNS_DIR, out: Path = RESULTS_DIR, 
     test = load_cifar10("test", data_root)
     rows = []
     for name, cfg in all_runs(sweeps).items():
-        model, source = _load_run(name, runs_dir)
+        model, source = _load_run(name, cfg, runs_dir)
         if model is None:
             print(f"-- {name}: not trained yet, skipped", flush=True)
             continue
