@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from coda.checkpoint import load_checkpoint, sha256, write_json, write_text
+from coda.checkpoint import load_checkpoint, save_checkpoint, sha256, write_json, write_text
 from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10, to_float
 from coda.explainers import EXPLAINERS, Explainer, get_explainer
 from coda.models import CoDANet
@@ -534,7 +534,8 @@ def load_model(spec: str, device: str | torch.device | None = None) -> tuple[CoD
         if path.suffix in (".pt", ".pth"):
             raise ValueError(f"checkpoint {path} not found")
         model = pretrained.load_pretrained(spec)
-        info = {"name": spec, "source": "coda.pretrained"}
+        entry = pretrained.read_manifest()["models"][spec or pretrained.default_name()]
+        info = {"name": spec, "source": "coda.pretrained", "sha256": entry["sha256"]}
     info["model_config"] = model.config.to_dict()
     return model.to(device).eval(), info
 
@@ -550,17 +551,20 @@ def _csv(header: list[str], rows: list[list]) -> str:
     return buffer.getvalue()
 
 
-def localisation_tables(results: list[LocalisationResult], grids: Grids) -> tuple[str, str]:
-    """CSV texts: the summary per method and the score of every (grid, cell)."""
+def localisation_tables(results: list[LocalisationResult], grids: list[Grids]) -> tuple[str, str]:
+    """CSV texts: the summary per method and the score of every (grid, cell).
+
+    ``grids[i]`` are the grids ``results[i]`` was scored on (methods may use different numbers).
+    """
     summary = _csv(["method", "label", "grid_size", "n_grids", "n", "mean", "median"],
-                   [[r.method, r.label, grids.grid_size, len(grids), r.scores.numel(), r.mean, r.median]
-                    for r in results])
+                   [[r.method, r.label, g.grid_size, len(g), r.scores.numel(), r.mean, r.median]
+                    for r, g in zip(results, grids, strict=True)])
     rows = []
-    for r in results:
-        for g in range(len(grids)):
-            for k in range(grids.n_cells):
-                index = grids.indices[g, k].item() if grids.indices is not None else -1
-                rows.append([r.method, g, k, grids.classes[g, k].item(), index, r.scores[g, k].item()])
+    for r, grid in zip(results, grids, strict=True):
+        for g in range(len(grid)):
+            for k in range(grid.n_cells):
+                index = grid.indices[g, k].item() if grid.indices is not None else -1
+                rows.append([r.method, g, k, grid.classes[g, k].item(), index, r.scores[g, k].item()])
     return summary, _csv(["method", "grid", "cell", "class", "image_index", "score"], rows)
 
 
@@ -572,16 +576,15 @@ def removal_table(results: list[RemovalResult]) -> str:
                  "curve_mean"], rows)
 
 
-def timing_table(localisation: list[LocalisationResult], removal: list[RemovalResult], grid_shape, image_shape,
-                 device: torch.device) -> str:
-    """CSV text: measured attribution time per method and task."""
+def timing_table(tasks: list[dict]) -> str:
+    """CSV text: measured attribution time per method and task (``tasks`` from :func:`read_tasks`)."""
     rows = []
-    for task, shape, results in (("localisation", grid_shape, localisation), ("removal", image_shape, removal)):
-        for r in results:
-            n = r.n_attributions
-            rows.append([r.method, r.label, task if task == "localisation" else f"removal-{r.order}",
-                         f"{shape[0]}x{shape[1]}", n, r.seconds, r.seconds / n if n else math.nan,
-                         r.cpu_seconds / n if n else math.nan, str(device), torch.get_num_threads()])
+    for t in tasks:
+        r = t["result"]
+        n = r.n_attributions
+        rows.append([r.method, r.label, t["settings"]["task"], t["image_size"], n, r.seconds,
+                     r.seconds / n if n else math.nan, r.cpu_seconds / n if n else math.nan, t["device"],
+                     t["threads"]])
     return _csv(["method", "label", "task", "image_size", "n_attributions", "seconds", "seconds_per_attribution",
                  "cpu_seconds_per_attribution", "device", "threads"], rows)
 
@@ -614,6 +617,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True, help="a coda.train checkpoint file, or a shipped model's name")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, from {sorted(EXPLAINERS)}")
     p.add_argument("--out", help="output folder (default: results/<model name>)")
+    p.add_argument("--tasks", default="localisation,removal", help="comma-separated: localisation, removal")
     p.add_argument("--n-grids", type=int, default=500)
     p.add_argument("--grid-size", type=int, default=3)
     p.add_argument("--grid-pool", type=int, help="build grids from the first N test images only (default: all)")
@@ -626,6 +630,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
     p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--force", action="store_true", help="recompute results that already exist with these settings")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: 2 grids from 1000 images, 8 removal images")
     a = p.parse_args(argv)
     if a.smoke:
@@ -633,6 +638,9 @@ def main(argv: list[str] | None = None) -> None:
     orders = [o.strip() for o in a.orders.split(",")]
     if not set(orders) <= set(ORDERS):
         p.error(f"--orders must be from {ORDERS}, got {a.orders!r}")
+    tasks = [t.strip() for t in a.tasks.split(",")]
+    if not tasks or not set(tasks) <= {"localisation", "removal"}:
+        p.error(f"--tasks must be from localisation, removal; got {a.tasks!r}")
     try:
         methods = _parse_methods(a.methods)
     except ValueError as err:
@@ -644,7 +652,7 @@ def main(argv: list[str] | None = None) -> None:
         print("the model has a conventional stem: 'coda' left out (it explains the input of the first CoDA layer)")
     out = Path(a.out or PROJECT_ROOT / "results" / info["name"])
     command = shlex.join(["python", "-m", "coda.evaluate", *argv])
-    run(model, info, methods, out, command, a, orders, device)
+    run(model, info, methods, out, command, a, orders, device, tasks)
 
 
 def _configured(name: str, a: argparse.Namespace) -> Explainer:
@@ -655,9 +663,42 @@ def _configured(name: str, a: argparse.Namespace) -> Explainer:
     return explainer.with_options(**options)
 
 
+def task_path(out: Path, method: str, task: str) -> Path:
+    """Where one method's result of one task ("localisation", "removal-least", ...) is kept."""
+    return Path(out) / "tasks" / f"{method}.{task}.pt"
+
+
+def _model_id(info: dict) -> str:
+    return info.get("sha256") or info["name"]
+
+
+def _task_settings(info: dict, a: argparse.Namespace, name: str, task: str) -> dict:
+    """Everything a result depends on: a stored result is reused only if these are equal."""
+    settings = {"model": _model_id(info), "method": name, "task": task, "seed": a.seed,
+                "options": dict(_configured(name, a).options), "smoke": a.smoke}
+    if task == "localisation":
+        settings.update(grid_size=a.grid_size, n_grids=a.n_grids, grid_pool=a.grid_pool)
+    else:
+        settings.update(n_removal=a.n_removal, fraction=a.fraction, stride=a.stride, order=task.split("-", 1)[1])
+    return settings
+
+
+def _stored_settings(path: Path) -> dict | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["settings"]
+    except (OSError, KeyError, RuntimeError, EOFError):
+        return None
+
+
 def run(model: CoDANet, info: dict, methods: list[str], out: Path, command: str, a: argparse.Namespace,
-        orders: list[str], device: torch.device) -> None:
-    """Evaluate ``methods`` on ``model`` and write the result files into ``out``."""
+        orders: list[str], device: torch.device, tasks: list[str] = ("localisation", "removal")) -> None:
+    """Evaluate ``methods`` on ``model``, keep each (method, task) result in ``out/tasks``, write the tables.
+
+    A (method, task) whose stored result has the same settings is not recomputed (unless
+    ``a.force``), so an interrupted run resumes where it stopped, and expensive methods can
+    be run with smaller sizes by a separate call into the same folder; the tables list every
+    stored result of this model with its own sizes.
+    """
     test = load_cifar10("test", a.data, download=False)
     pool = test.first(a.grid_pool) if a.grid_pool else test
     logits = predict(model, pool.images)
@@ -666,24 +707,70 @@ def run(model: CoDANet, info: dict, methods: list[str], out: Path, command: str,
     removal_set = test.first(a.n_removal)
     print(f"{info['name']}: accuracy {accuracy:.4f} on {len(pool)} test images; {len(grids)} grids; "
           f"{len(removal_set)} removal images; methods {methods}", flush=True)
-    localisation, removal = [], []
-    for name in methods:
+    context = {"command": command, "device": str(device), "threads": torch.get_num_threads(),
+               "versions": versions(), "model": info, "test_accuracy": {"accuracy": accuracy, "n": len(pool)}}
+    todo = [(m, t) for m in methods for t in (["localisation"] if "localisation" in tasks else [])
+            + ([f"removal-{o}" for o in orders] if "removal" in tasks else [])]
+    for name, task in todo:
+        settings, path = _task_settings(info, a, name, task), task_path(out, name, task)
+        if not a.force and _stored_settings(path) == settings:
+            print(f"{name:>16} {task}: already in {path}, skipped (--force recomputes)", flush=True)
+            continue
         explainer = _configured(name, a)
-        localisation.append(localisation_scores(model, grids, explainer, progress=True))
-        for order in orders:
-            removal.append(pixel_removal(model, removal_set.images, removal_set.labels, explainer, a.fraction,
-                                         a.stride, order, batch_size=a.batch_size, progress=True))
-        summary = " ".join(f"removal[{r.order}] {r.mean:.3f}" for r in removal[-len(orders):])
-        print(f"{name:>16}: localisation {localisation[-1].mean:.3f} (median {localisation[-1].median:.3f}) "
-              f"{summary}", flush=True)
-    summary, scores = localisation_tables(localisation, grids)
+        if task == "localisation":
+            result = localisation_scores(model, grids, explainer, progress=True)
+            extra = {"grids": {"classes": grids.classes, "indices": grids.indices, "grid_size": grids.grid_size,
+                               "n_requested": grids.n_requested},
+                     "image_size": "x".join(map(str, grids.images.shape[-2:]))}
+            summary = f"localisation {result.mean:.3f} (median {result.median:.3f}, {len(grids)} grids)"
+        else:
+            result = pixel_removal(model, removal_set.images, removal_set.labels, explainer, a.fraction, a.stride,
+                                   settings["order"], batch_size=a.batch_size, progress=True)
+            extra = {"image_size": "x".join(map(str, removal_set.images.shape[-2:]))}
+            summary = f"removal[{result.order}] {result.mean:.3f} ({len(removal_set)} images)"
+        save_checkpoint({"settings": settings, **context, **extra, "result": dataclasses.asdict(result)}, path)
+        print(f"{name:>16} {task}: {summary}", flush=True)
+    write_tables(out, _model_id(info))
+
+
+def read_tasks(out: Path, model_id: str | None = None) -> list[dict]:
+    """The stored (method, task) results in ``out/tasks``, methods in registry order.
+
+    Each dict holds ``settings``, ``command``, ``device``, ``threads``, ``versions``,
+    ``model``, ``test_accuracy``, ``image_size``, ``result`` (a :class:`LocalisationResult`
+    or :class:`RemovalResult`) and, for localisation, ``grids`` (:class:`Grids` without images).
+    Results of another model than ``model_id`` (a SHA-256 or name) are left out.
+    """
+    order = {m: i for i, m in enumerate([*DEFAULT_METHODS, *EXPLAINERS])}
+    tasks = []
+    for path in sorted(Path(out).glob("tasks/*.pt")):
+        t = torch.load(path, map_location="cpu", weights_only=False)
+        if model_id is not None and t["settings"]["model"] != model_id:
+            print(f"{path}: a different model ({t['settings']['model']}), left out of the tables")
+            continue
+        if t["settings"]["task"] == "localisation":
+            t["result"] = LocalisationResult(**t["result"])
+            g = t["grids"]
+            t["grids"] = Grids(torch.zeros(len(g["classes"]), 0, g["grid_size"], g["grid_size"]), g["classes"],
+                               g["grid_size"], g["indices"], g["n_requested"])
+        else:
+            t["result"] = RemovalResult(**t["result"])
+        tasks.append(t)
+    key = lambda t: (order.get(t["settings"]["method"], len(order)), t["settings"]["task"])  # noqa: E731
+    return sorted(tasks, key=key)
+
+
+def write_tables(out: Path, model_id: str | None = None) -> None:
+    """(Re)write the CSV tables and ``results.json`` in ``out`` from its stored task results."""
+    tasks = read_tasks(out, model_id)
+    loc = [t for t in tasks if t["settings"]["task"] == "localisation"]
+    rem = [t for t in tasks if t["settings"]["task"] != "localisation"]
+    summary, scores = localisation_tables([t["result"] for t in loc], [t["grids"] for t in loc])
     write_text(summary, out / "localisation.csv")
     write_text(scores, out / "localisation_scores.csv")
-    write_text(removal_table(removal), out / "removal.csv")
-    write_text(timing_table(localisation, removal, grids.images.shape[-2:], removal_set.images.shape[-2:], device),
-               out / "timing.csv")
-    write_json(_record(info, methods, command, a, orders, device, accuracy, len(pool), grids, localisation, removal),
-               out / "results.json")
+    write_text(removal_table([t["result"] for t in rem]), out / "removal.csv")
+    write_text(timing_table(tasks), out / "timing.csv")
+    write_json(_record(tasks), out / "results.json")
     print(f"wrote {out}")
 
 
@@ -692,21 +779,24 @@ def _number(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _record(info, methods, command, a, orders, device, accuracy, pool_size, grids, localisation, removal) -> dict:
-    return {
-        "command": command, "cwd": os.getcwd(), "seed": a.seed, "smoke": a.smoke, "model": info,
-        "device": str(device), "torch_threads": torch.get_num_threads(), "versions": versions(),
-        "methods": {m: dict(_configured(m, a).options) for m in methods},
-        "test_accuracy": {"accuracy": accuracy, "n": pool_size},
-        "localisation": {"grid_size": grids.grid_size, "n_grids_requested": a.n_grids, "n_grids": len(grids),
-                         "exhausted": grids.exhausted, "grid_pool": pool_size,
-                         "summary": {r.method: {"mean": _number(r.mean), "median": _number(r.median),
-                                                "n": r.scores.numel()} for r in localisation}},
-        "removal": {"n_images": a.n_removal, "fraction": a.fraction, "stride": a.stride, "orders": orders,
-                    "summary": {f"{r.method}/{r.order}": {"mean": _number(r.mean), "start": _number(r.curve[0].item()),
-                                                          "end": _number(r.curve[-1].item())} for r in removal}},
-        "published_reference": "coda.evaluate.PUBLISHED (the paper's numbers, not measured here)",
-    }
+def _record(tasks: list[dict]) -> dict:
+    """The JSON record: the model, the software, and per (method, task) its command, settings and summary."""
+    latest = tasks[-1] if tasks else {}
+    record = {"model": latest.get("model"), "test_accuracy": latest.get("test_accuracy"),
+              "published_reference": "coda.evaluate.PUBLISHED (the paper's numbers, not measured here)",
+              "results": {}}
+    for t in tasks:
+        r, s = t["result"], t["settings"]
+        if s["task"] == "localisation":
+            summary = {"mean": _number(r.mean), "median": _number(r.median), "n": r.scores.numel(),
+                       "n_grids": len(t["grids"]), "exhausted": t["grids"].exhausted}
+        else:
+            summary = {"mean": _number(r.mean), "start": _number(r.curve[0].item()) if len(r.curve) else None,
+                       "end": _number(r.curve[-1].item()) if len(r.curve) else None, "n_images": r.n_attributions}
+        record["results"][f"{s['method']}/{s['task']}"] = {
+            "command": t["command"], "settings": s, "summary": summary, "device": t["device"],
+            "threads": t["threads"], "versions": t["versions"], "seconds": _number(r.seconds)}
+    return record
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from coda.evaluate import (
     removal_masks,
     removal_points,
     sample_grid_indices,
+    task_path,
     tile,
 )
 from coda.explainers import EXPLAINERS, WeightedRidge, block_mask, explain, get_explainer
@@ -383,9 +384,44 @@ def test_command_line_writes_the_results(colour_world):
     timing = read_csv(out / "timing.csv")
     assert len(timing) == 2 * 3 and all(float(r["seconds_per_attribution"]) > 0 for r in timing)
     record = json.loads((out / "results.json").read_text())
-    assert record["command"].startswith("python -m coda.evaluate --model ")
-    assert record["seed"] == 0 and record["versions"]["captum"] and record["model"]["source"] == "checkpoint"
-    assert record["localisation"]["n_grids"] == 3 and record["test_accuracy"]["accuracy"] == 1.0
+    assert set(record["results"]) == {f"{m}/{t}" for m in ("coda", "grad")
+                                      for t in ("localisation", "removal-least", "removal-most")}
+    coda_loc = record["results"]["coda/localisation"]
+    assert coda_loc["command"].startswith("python -m coda.evaluate --model ")
+    assert coda_loc["settings"]["seed"] == 0 and coda_loc["versions"]["captum"]
+    assert coda_loc["summary"]["n_grids"] == 3 and coda_loc["summary"]["mean"] == pytest.approx(float(summary[0]["mean"]))
+    assert record["model"]["source"] == "checkpoint" and record["test_accuracy"]["accuracy"] == 1.0
+
+
+def test_command_line_resumes_and_mixes_sizes(colour_world, capsys):
+    """Stored (method, task) results are reused; a later call adds a method at its own sizes."""
+    root, _, _ = colour_world
+    out = root / "results"
+    base = ["--model", str(root / "run" / "last.pt"), "--data", str(root / "data"), "--grid-size", "2",
+            "--out", str(out)]
+    main([*base, "--methods", "coda", "--n-grids", "4", "--n-removal", "6"])
+    stamp = task_path(out, "coda", "localisation").stat().st_mtime_ns
+    capsys.readouterr()
+    main([*base, "--methods", "coda,ixg", "--n-grids", "4", "--n-removal", "6", "--tasks", "localisation"])
+    assert "coda localisation: already in" in capsys.readouterr().out
+    assert task_path(out, "coda", "localisation").stat().st_mtime_ns == stamp
+    main([*base, "--methods", "grad", "--n-grids", "2", "--n-removal", "3"])
+    summary = {r["method"]: r for r in read_csv(out / "localisation.csv")}
+    assert list(summary) == ["coda", "grad", "ixg"]
+    assert (summary["coda"]["n_grids"], summary["grad"]["n_grids"], summary["ixg"]["n_grids"]) == ("4", "2", "4")
+    scores = read_csv(out / "localisation_scores.csv")
+    first = {(r["grid"], r["cell"]): r["image_index"] for r in scores if r["method"] == "coda" and int(r["grid"]) < 2}
+    assert first == {(r["grid"], r["cell"]): r["image_index"] for r in scores if r["method"] == "grad"}
+    removal = read_csv(out / "removal.csv")
+    assert {(r["method"], r["n_images"]) for r in removal} == {("coda", "6"), ("grad", "3")}
+    main([*base, "--methods", "coda", "--n-grids", "3", "--n-removal", "6", "--tasks", "localisation"])
+    assert {r["method"]: r["n_grids"] for r in read_csv(out / "localisation.csv")}["coda"] == "3"
+
+
+def test_command_line_rejects_bad_tasks(colour_world):
+    root, _, _ = colour_world
+    with pytest.raises(SystemExit):
+        main(["--model", str(root / "run" / "last.pt"), "--tasks", "pointing"])
 
 
 def test_load_model_rejects_other_files(tmp_path):
