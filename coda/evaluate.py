@@ -28,6 +28,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import json
 import math
 import os
 import platform
@@ -772,6 +773,50 @@ def write_tables(out: Path, model_id: str | None = None) -> None:
     write_text(timing_table(tasks), out / "timing.csv")
     write_json(_record(tasks), out / "results.json")
     print(f"wrote {out}")
+
+
+def read_results(folder: str | os.PathLike) -> dict | None:
+    """The tables written by the command line, for notebooks and reports; None if absent.
+
+    Returns
+    -------
+    dict with ``"localisation"`` (method -> summary row: label, n_grids, n, mean, median),
+    ``"scores"`` (method -> (n,) numpy scores), ``"removal"`` (method -> dict with label,
+    n_images, fractions (P,), curve (P,), mean; the "least" order), ``"removal_most"`` (the
+    same for the "most" order), ``"timing"`` (list of rows) and ``"record"`` (results.json).
+    """
+    import numpy as np
+
+    folder = Path(folder)
+    if not (folder / "results.json").exists():
+        return None
+
+    def rows(name):
+        path = folder / name
+        if not path.exists():
+            return []
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    out = {"localisation": {}, "scores": {}, "removal": {}, "removal_most": {}, "timing": rows("timing.csv"),
+           "record": json.loads((folder / "results.json").read_text())}
+    for r in rows("localisation.csv"):
+        out["localisation"][r["method"]] = {"label": r["label"], "n_grids": int(r["n_grids"]), "n": int(r["n"]),
+                                            "mean": float(r["mean"]), "median": float(r["median"])}
+    scores: dict[str, list[float]] = {}
+    for r in rows("localisation_scores.csv"):
+        scores.setdefault(r["method"], []).append(float(r["score"]))
+    out["scores"] = {m: np.asarray(v) for m, v in scores.items()}
+    for r in rows("removal.csv"):
+        table = out["removal" if r["order"] == "least" else "removal_most"]
+        entry = table.setdefault(r["method"], {"label": r["label"], "n_images": int(r["n_images"]), "fractions": [],
+                                               "curve": [], "mean": float(r["curve_mean"])})
+        entry["fractions"].append(float(r["fraction_removed"]))
+        entry["curve"].append(float(r["probability"]))
+    for table in (out["removal"], out["removal_most"]):
+        for entry in table.values():
+            entry["fractions"], entry["curve"] = np.asarray(entry["fractions"]), np.asarray(entry["curve"])
+    return out
 
 
 def _number(x: float) -> float | None:

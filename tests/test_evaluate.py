@@ -27,6 +27,7 @@ from coda.evaluate import (
     removal_masks,
     removal_points,
     sample_grid_indices,
+    read_results,
     task_path,
     tile,
 )
@@ -416,6 +417,12 @@ def test_command_line_resumes_and_mixes_sizes(colour_world, capsys):
     assert {(r["method"], r["n_images"]) for r in removal} == {("coda", "6"), ("grad", "3")}
     main([*base, "--methods", "coda", "--n-grids", "3", "--n-removal", "6", "--tasks", "localisation"])
     assert {r["method"]: r["n_grids"] for r in read_csv(out / "localisation.csv")}["coda"] == "3"
+    results = read_results(out)
+    assert list(results["localisation"]) == ["coda", "grad", "ixg"] and results["scores"]["coda"].shape == (3 * 4,)
+    assert results["scores"]["coda"].mean() == pytest.approx(results["localisation"]["coda"]["mean"], rel=1e-5)
+    curve = results["removal"]["grad"]
+    assert curve["n_images"] == 3 and curve["fractions"][0] == 0 and curve["curve"].mean() == pytest.approx(curve["mean"])
+    assert results["removal_most"] == {} and read_results(root / "nowhere") is None
 
 
 def test_command_line_rejects_bad_tasks(colour_world):
