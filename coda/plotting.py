@@ -277,7 +277,8 @@ def plot_per_class_accuracy(per_class: Mapping[str, float], ax=None, chance: flo
 
 
 def plot_boxes(scores: Mapping[str, Sequence[float]], ax=None, chance: float | None = None,
-               published: Mapping[str, float] | None = None, ylabel: str = "score", title: str = ""):
+               published: Mapping[str, float] | None = None, oracle: float | None = None,
+               ylabel: str = "score", title: str = ""):
     """Box plots of per-example scores by method, with chance and published values.
 
     Parameters
@@ -285,6 +286,7 @@ def plot_boxes(scores: Mapping[str, Sequence[float]], ax=None, chance: float | N
     scores : method name -> 1-D scores (e.g. localisation scores of the grid pointing game).
     chance : a dashed horizontal line (e.g. 1/9).
     published : method name -> the published mean; drawn as a diamond on that method's box.
+    oracle : a dotted horizontal line: the score of a perfect explanation (1 in the pointing game).
     """
     import matplotlib.pyplot as plt
 
@@ -297,11 +299,13 @@ def plot_boxes(scores: Mapping[str, Sequence[float]], ax=None, chance: float | N
     ax.set_xticks(range(1, len(names) + 1), names, rotation=30 if len(names) > 4 else 0)
     if chance is not None:
         ax.axhline(chance, color="0.5", ls="--", lw=1, label="chance")
+    if oracle is not None:
+        ax.axhline(oracle, color="0.3", ls=":", lw=1, label="oracle")
     if published:
         xs = [i + 1 for i, n in enumerate(names) if n in published]
         ys = [published[n] for n in names if n in published]
         ax.scatter(xs, ys, marker="D", color=PALETTE[3], zorder=3, label="published mean")
-    if chance is not None or published:
+    if chance is not None or oracle is not None or published:
         ax.legend(loc="best")
     ax.set(ylabel=ylabel, title=title)
     ax.grid(axis="x", visible=False)

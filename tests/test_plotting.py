@@ -122,8 +122,9 @@ def test_summary_plots_take_plain_arrays(tmp_path):
     ax = plotting.plot_per_class_accuracy({"cat": 0.5, "dog": 0.7}, chance=0.1)
     assert len(ax.patches) == 2
     scores = {"Ours": np.random.default_rng(0).uniform(size=50), "Grad": np.full(50, 0.2)}
-    ax = plotting.plot_boxes(scores, chance=1 / 9, published={"Ours": 0.912, "missing": 0.5})
+    ax = plotting.plot_boxes(scores, chance=1 / 9, oracle=1.0, published={"Ours": 0.912, "missing": 0.5})
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Ours", "Grad"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["chance", "oracle", "published mean"]
     fractions = np.linspace(0, 0.25, 5)
     ax = plotting.plot_removal_curves(fractions, {"Ours": np.linspace(0.9, 0.95, 5)}, published={"Ours": 0.964})
     assert "published 0.964" in ax.get_legend().get_texts()[0].get_text()
