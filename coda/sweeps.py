@@ -18,7 +18,9 @@ over several sessions::
     python -m coda.sweeps layers                # localisation at every layer of the default model
 
 Evaluation loads each run from the shipped models (``coda.pretrained``) if it is there, else
-from its finished checkpoint in ``runs/sweeps/``; it writes ``results/sweeps/``.
+from its finished checkpoint in ``runs/sweeps/``; it writes ``results/sweeps/``, which
+:func:`read_sweep_results` reads back (and :func:`sweep_rows` splits into the sweeps) for the
+ablation notebook.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ TEMPERATURES = (10, 100, 1000, 5000)
 RANK_FACTORS = (4, 8, 16, 32)
 STEM_DEPTHS = (0, 1, 3, 5)
 SWEEPS = ("temperature", "rank", "depth")
+SWEEP_VARIABLES = {"temperature": "temperature", "rank": "rank_factor", "depth": "stem_depth"}  # row key per sweep
+CNN_BASELINE = "cifar10-cnn"  # the all-conventional model of the depth sweep
 RUNS_DIR = PROJECT_ROOT / "runs" / "sweeps"
 RESULTS_DIR = PROJECT_ROOT / "results" / "sweeps"
 EVAL_SIZES = dict(n_grids=100, n_removal=256)  # per run; the full protocol (500, 1024) per model costs ~10 CPU minutes
@@ -73,7 +77,7 @@ def sweep_runs(sweep: str) -> dict[str, TrainConfig]:
             run_name(stem_depth=d): _config(rank_factor=8, temperature=1000.0, **({"stem_depth": d} if d else {}))
             for d in STEM_DEPTHS
         }
-        runs[run_name(cnn=True)] = _config("cifar10-cnn")
+        runs[run_name(cnn=True)] = _config(CNN_BASELINE)
         return runs
     raise ValueError(f"unknown sweep {sweep!r}; expected one of {SWEEPS}")
 
@@ -204,6 +208,57 @@ def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], 
                      "n_grids": len(grids)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def read_sweep_results(folder: str | Path = RESULTS_DIR) -> dict | None:
+    """The tables written by ``python -m coda.sweeps evaluate`` and ``... layers``; None if absent.
+
+    Returns
+    -------
+    None if ``folder`` holds neither ``sweeps.json`` nor ``layers.json``; else a dict with
+
+    * ``rows``: one dict per evaluated run (name, sweeps, model, temperature, rank_factor,
+      stem_depth, epochs, source, parameters, test_accuracy, explained_from,
+      localisation_mean, localisation_median, n_grids, removal_mean, n_removal; a metric
+      that does not apply is None), ``[]`` without ``sweeps.json``;
+    * ``budget`` (the training budget the runs shared), ``n_grids``, ``n_removal`` and
+      ``command`` of ``sweeps.json`` (None without it);
+    * ``layers``: one dict per explained layer (explained, localisation_mean,
+      localisation_median, n_grids), ``[]`` without ``layers.json``; ``layers_model``
+      and ``layers_command``: the model they belong to and the command (None without it).
+    """
+    folder = Path(folder)
+    sweeps_path, layers_path = folder / "sweeps.json", folder / "layers.json"
+    if not sweeps_path.exists() and not layers_path.exists():
+        return None
+    record = json.loads(sweeps_path.read_text()) if sweeps_path.exists() else {}
+    layers = json.loads(layers_path.read_text()) if layers_path.exists() else {}
+    for path, rec in ((sweeps_path, record), (layers_path, layers)):
+        if rec and not isinstance(rec.get("rows"), list):
+            raise ValueError(f"{path}: expected a list of rows under 'rows'")
+    return {"rows": record.get("rows", []), "budget": record.get("budget"), "n_grids": record.get("n_grids"),
+            "n_removal": record.get("n_removal"), "command": record.get("command"),
+            "layers": layers.get("rows", []), "layers_model": layers.get("model"),
+            "layers_command": layers.get("command")}
+
+
+def sweep_rows(rows: list[dict], sweep: str) -> list[dict]:
+    """The result rows of one sweep's runs, sorted by the sweep's variable.
+
+    A row belongs to ``sweep`` if its name is one of :func:`sweep_runs` (so the shared
+    centre run is in all three). Sorted by :data:`SWEEP_VARIABLES` ``[sweep]``
+    (temperature, rank_factor or stem_depth), rows without a value after those with one,
+    and the CNN baseline of the depth sweep last.
+    """
+    if sweep not in SWEEP_VARIABLES:
+        raise ValueError(f"unknown sweep {sweep!r}; expected one of {SWEEPS}")
+    names, key = sweep_runs(sweep), SWEEP_VARIABLES[sweep]
+
+    def order(row: dict) -> tuple:
+        value = row.get(key)
+        return (row.get("model") == CNN_BASELINE, value is None, 0 if value is None else value, row["name"])
+
+    return sorted((r for r in rows if r.get("name") in names), key=order)
 
 
 def _write_rows(rows: list[dict], stem: Path, command: str, extra: dict) -> None:

@@ -130,3 +130,58 @@ def test_evaluate_model_on_pure_hybrid_and_cnn():
         # An untrained model is confident about no image, so there are no grids to score.
         assert row["n_grids"] == 0
         assert row["n_removal"] == (4 if explained == "input" else 0)
+
+
+def _row(name, model="cifar10-9L-S", temperature=1000.0, rank_factor=8, stem_depth=0, localisation=0.5):
+    return {"name": name, "sweeps": "", "model": model, "temperature": temperature, "rank_factor": rank_factor,
+            "stem_depth": stem_depth, "epochs": SWEEP_BUDGET["epochs"], "source": "runs/x", "parameters": 1,
+            "test_accuracy": 0.5, "explained_from": "input", "localisation_mean": localisation,
+            "localisation_median": localisation, "n_grids": 0 if localisation is None else 10,
+            "removal_mean": None if stem_depth else 0.8, "n_removal": 0 if stem_depth else 8}
+
+
+def test_read_sweep_results_round_trips_the_written_tables(tmp_path):
+    from coda.sweeps import _write_rows, read_sweep_results
+
+    assert read_sweep_results(tmp_path) is None
+    rows = [_row(run_name(temperature=1000)), _row(run_name(cnn=True), "cifar10-cnn", 64.0, 8, 9, None)]
+    _write_rows(rows, tmp_path / "sweeps", "python -m coda.sweeps evaluate", {"budget": SWEEP_BUDGET, "n_grids": 10,
+                                                                               "n_removal": 8})
+    assert (tmp_path / "sweeps.csv").read_text().splitlines()[2].count(",,") >= 1  # None -> empty cell
+    got = read_sweep_results(tmp_path)
+    assert got["rows"] == rows and got["budget"] == SWEEP_BUDGET and got["n_grids"] == 10
+    assert got["rows"][1]["localisation_mean"] is None and got["rows"][1]["removal_mean"] is None
+    assert got["layers"] == [] and got["layers_model"] is None  # no layers.json yet
+    layers = [{"explained": "input", "localisation_mean": 0.7, "localisation_median": 0.8, "n_grids": 10}]
+    _write_rows(layers, tmp_path / "layers", "python -m coda.sweeps layers", {"model": "m-T1000", "n_grids": 10})
+    got = read_sweep_results(tmp_path)
+    assert got["layers"] == layers and got["layers_model"] == "m-T1000"
+    (tmp_path / "sweeps.json").unlink()
+    only_layers = read_sweep_results(tmp_path)
+    assert only_layers["rows"] == [] and only_layers["budget"] is None and only_layers["layers"] == layers
+    (tmp_path / "sweeps.json").write_text('{"rows": {"a": 1}}')
+    with pytest.raises(ValueError, match="list of rows"):
+        read_sweep_results(tmp_path)
+
+
+def test_sweep_rows_select_one_sweep_sorted_by_its_variable():
+    from coda.sweeps import sweep_rows
+
+    rows = [_row(run_name(cnn=True), "cifar10-cnn", 64.0, 8, 9, None)]
+    rows += [_row(run_name(temperature=t), temperature=float(t)) for t in (5000, 10, 1000, 100)]  # 1000: the centre
+    rows += [_row(run_name(rank_factor=f), rank_factor=f) for f in (32, 4)]
+    rows += [_row(run_name(stem_depth=d), stem_depth=d, localisation=None) for d in (3, 1)]
+    rows += [_row("sweep-9L-S-f8-T7")]  # not a run of any sweep
+    temps = sweep_rows(rows, "temperature")
+    assert [r["temperature"] for r in temps] == [10, 100, 1000, 5000]
+    assert [r["rank_factor"] for r in sweep_rows(rows, "rank")] == [4, 8, 32]
+    depth = sweep_rows(rows, "depth")
+    assert [r["stem_depth"] for r in depth] == [0, 1, 3, 9] and depth[-1]["model"] == "cifar10-cnn"
+    assert depth[1]["localisation_mean"] is None  # rows are returned as they are, None kept
+    # A baseline sorts last even when its variable would sort first; a missing value sorts late.
+    rows[0]["stem_depth"] = 0
+    rows[-2]["stem_depth"] = None
+    assert [r["name"] for r in sweep_rows(rows, "depth")][-2:] == [run_name(stem_depth=1), run_name(cnn=True)]
+    assert sweep_rows([], "rank") == []
+    with pytest.raises(ValueError, match="unknown sweep"):
+        sweep_rows(rows, "width")
