@@ -535,7 +535,7 @@ def load_model(spec: str, device: str | torch.device | None = None) -> tuple[CoD
         if path.suffix in (".pt", ".pth"):
             raise ValueError(f"checkpoint {path} not found")
         model = pretrained.load_pretrained(spec)
-        entry = pretrained.read_manifest()["models"][spec or pretrained.default_name()]
+        entry = pretrained.read_manifest()["models"][spec]
         info = {"name": spec, "source": "coda.pretrained", "sha256": entry["sha256"]}
     info["model_config"] = model.config.to_dict()
     return model.to(device).eval(), info
