@@ -15,6 +15,7 @@ over several sessions::
     nohup python -m coda.sweeps train temperature rank depth > sweeps.log 2>&1 &
     python -m coda.sweeps status
     python -m coda.sweeps evaluate              # accuracy, localisation, pixel removal per run
+                                                # (each run once: results/sweeps/runs/<name>.json)
     python -m coda.sweeps layers                # localisation at every layer of the default model
 
 Evaluation loads each run from the shipped models (``coda.pretrained``) if it is there, else
@@ -27,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -169,10 +172,37 @@ def _load_run(name: str, cfg: TrainConfig, runs_dir: Path):
     return None, None
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, shapes, dtypes and values), in key order.
+
+    Identifies *what* is evaluated independently of the file it came from: a run's
+    checkpoint and the same weights exported as a shipped model have the same fingerprint.
+    """
+    h = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _cached_row(path: Path, settings: dict) -> dict | None:
+    """The stored row of a run evaluated with exactly ``settings``, else None."""
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record["row"] if record.get("settings") == settings else None
+
+
 def evaluate_sweeps(sweeps, runs_dir: Path = RUNS_DIR, out: Path = RESULTS_DIR, data_root=None,
                     n_grids: int = EVAL_SIZES["n_grids"], n_removal: int = EVAL_SIZES["n_removal"],
-                    command: str = "") -> list[dict]:
-    """Evaluate every available run of ``sweeps``; write ``<out>/sweeps.csv`` and ``.json``."""
+                    command: str = "", force: bool = False) -> list[dict]:
+    """Evaluate every available run of ``sweeps``; write ``<out>/sweeps.csv`` and ``.json``.
+
+    Each run's row is also kept in ``<out>/runs/<name>.json`` with the settings it depends on
+    (weights fingerprint, config, sizes); a later call reuses it when they match (``force``
+    recomputes), so the sweeps can be evaluated run by run as their training finishes.
+    """
     test = load_cifar10("test", data_root)
     rows = []
     for name, cfg in all_runs(sweeps).items():
@@ -180,12 +210,23 @@ def evaluate_sweeps(sweeps, runs_dir: Path = RUNS_DIR, out: Path = RESULTS_DIR, 
         if model is None:
             print(f"-- {name}: not trained yet, skipped", flush=True)
             continue
+        settings = {"weights": weights_fingerprint(model), "config": cfg.to_dict(), "n_grids": n_grids,
+                    "n_removal": n_removal, "seed": 0}
+        cache = Path(out) / "runs" / f"{name}.json"
+        row = None if force else _cached_row(cache, settings)
+        if row is not None:
+            print(f"-- {name}: already evaluated with these settings ({cache})", flush=True)
+            rows.append(row)
+            continue
         overrides = cfg.model_overrides
-        row = {"name": name, "sweeps": " ".join(s for s in SWEEPS if s in sweeps and name in sweep_runs(s)),
+        row = {"name": name, "sweeps": " ".join(s for s in SWEEPS if name in sweep_runs(s)),
                "model": cfg.model, "temperature": model.temperature,
                "rank_factor": overrides.get("rank_factor", model.config.rank_factor),
                "stem_depth": model.config.stem_depth, "epochs": cfg.epochs, "source": source}
+        start = time.perf_counter()
         row.update(evaluate_model(model, test, n_grids, n_removal))
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        write_json({"settings": settings, "command": command, "row": row}, cache)
         print(json.dumps(row), flush=True)
         rows.append(row)
     _write_rows(rows, out / "sweeps", command, {"budget": SWEEP_BUDGET, "n_grids": n_grids, "n_removal": n_removal})
@@ -200,8 +241,10 @@ def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], 
     """
     grids = make_grids(model, test, n_grids=n_grids, seed=seed)
     rows = []
+    # For a pure CoDA-Net the input of layer 0 is the encoded image: "input" covers it.
+    first = 0 if len(model.stem) else 1
     explainers = ([("input", "coda")] if not len(model.stem) else []) + [
-        (f"layer {i}", layer_explainer(i)) for i in range(len(model.layers))]
+        (f"layer {i}", layer_explainer(i)) for i in range(first, len(model.layers))]
     for where, explainer in explainers:
         loc = localisation_scores(model, grids, explainer)
         rows.append({"explained": where, "localisation_mean": loc.mean, "localisation_median": loc.median,
@@ -219,8 +262,8 @@ def read_sweep_results(folder: str | Path = RESULTS_DIR) -> dict | None:
 
     * ``rows``: one dict per evaluated run (name, sweeps, model, temperature, rank_factor,
       stem_depth, epochs, source, parameters, test_accuracy, explained_from,
-      localisation_mean, localisation_median, n_grids, removal_mean, n_removal; a metric
-      that does not apply is None), ``[]`` without ``sweeps.json``;
+      localisation_mean, localisation_median, n_grids, removal_mean, n_removal, seconds; a
+      metric that does not apply is None), ``[]`` without ``sweeps.json``;
     * ``budget`` (the training budget the runs shared), ``n_grids``, ``n_removal`` and
       ``command`` of ``sweeps.json`` (None without it);
     * ``layers``: one dict per explained layer (explained, localisation_mean,
@@ -286,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--n-grids", type=int, default=EVAL_SIZES["n_grids"])
     e.add_argument("--n-removal", type=int, default=EVAL_SIZES["n_removal"])
     e.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
+    e.add_argument("--force", action="store_true", help="re-evaluate runs whose stored results match")
     layers = sub.add_parser("layers", help="localisation at every CoDA layer of a model")
     layers.add_argument("--model", default=None, help="shipped model name or checkpoint (default: the default model)")
     layers.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -296,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.command == "train":
         train_sweeps(a.sweeps, a.runs_dir, a.data, a.device)
     elif a.command == "evaluate":
-        evaluate_sweeps(a.sweeps or SWEEPS, a.runs_dir, a.out, a.data, a.n_grids, a.n_removal, command)
+        evaluate_sweeps(a.sweeps or SWEEPS, a.runs_dir, a.out, a.data, a.n_grids, a.n_removal, command, a.force)
     elif a.command == "layers":
         from coda import pretrained
         from coda.evaluate import load_model

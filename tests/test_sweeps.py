@@ -185,3 +185,55 @@ def test_sweep_rows_select_one_sweep_sorted_by_its_variable():
     assert sweep_rows([], "rank") == []
     with pytest.raises(ValueError, match="unknown sweep"):
         sweep_rows(rows, "width")
+
+
+def test_weights_fingerprint_identifies_the_weights():
+    from coda.sweeps import weights_fingerprint
+
+    a, b = build_model("cifar10-tiny"), build_model("cifar10-tiny")
+    b.load_state_dict(a.state_dict())
+    assert weights_fingerprint(a) == weights_fingerprint(b)
+    with torch.no_grad():
+        next(b.parameters())[0].flatten()[0] += 1e-6
+    assert weights_fingerprint(a) != weights_fingerprint(b)
+
+
+def test_evaluate_sweeps_keeps_each_run_and_reuses_it(tmp_path, monkeypatch):
+    from coda.sweeps import evaluate_sweeps, read_sweep_results
+    from coda.train import train as real_train
+
+    tiny = dict(model="cifar10-tiny", model_overrides={}, epochs=1, batch_size=8, precision="fp32")
+    runs = {"sweep-tiny-T100": dataclasses.replace(sweep_runs("rank")[run_name(rank_factor=4)], **tiny),
+            "sweep-untrained-T100": dataclasses.replace(sweep_runs("rank")[run_name(rank_factor=16)], **tiny)}
+    monkeypatch.setattr("coda.sweeps.all_runs", lambda sweeps: runs)
+    monkeypatch.setattr("coda.sweeps.load_cifar10", lambda split, root=None: _tiny_data(20))
+    real_train(runs["sweep-tiny-T100"], tmp_path / "runs" / "sweep-tiny-T100", train_data=_tiny_data(16),
+               test_data=_tiny_data(8), progress=False)
+    calls = []
+
+    def fake_evaluate_model(model, test, n_grids, n_removal, seed=0):
+        calls.append((n_grids, n_removal))
+        return {"parameters": 1, "test_accuracy": 0.25, "localisation_mean": 0.5, "n_grids": n_grids}
+
+    monkeypatch.setattr("coda.sweeps.evaluate_model", fake_evaluate_model)
+    out = tmp_path / "results"
+    rows = evaluate_sweeps(["rank"], tmp_path / "runs", out, n_grids=3, n_removal=4, command="cmd")
+    assert calls == [(3, 4)] and [r["name"] for r in rows] == ["sweep-tiny-T100"]  # the untrained run is skipped
+    assert (out / "runs" / "sweep-tiny-T100.json").exists()
+    again = evaluate_sweeps(["rank"], tmp_path / "runs", out, n_grids=3, n_removal=4, command="cmd")
+    assert calls == [(3, 4)] and again == rows  # stored with the same settings: reused
+    assert read_sweep_results(out)["rows"] == rows
+    evaluate_sweeps(["rank"], tmp_path / "runs", out, n_grids=5, n_removal=4)  # other sizes: recomputed
+    evaluate_sweeps(["rank"], tmp_path / "runs", out, n_grids=5, n_removal=4, force=True)
+    assert calls == [(3, 4), (5, 4), (5, 4)]
+
+
+def test_evaluate_layers_scores_each_layer_once():
+    from coda.sweeps import evaluate_layers
+
+    model = build_model("cifar10-tiny").eval()
+    rows = evaluate_layers(model, _tiny_data(20), n_grids=1)
+    assert [r["explained"] for r in rows] == ["input"] + [f"layer {i}" for i in range(1, len(model.layers))]
+    hybrid = build_model("cifar10-tiny", stem_depth=2).eval()
+    assert [r["explained"] for r in evaluate_layers(hybrid, _tiny_data(20), n_grids=1)] == [
+        f"layer {i}" for i in range(len(hybrid.layers))]
