@@ -528,8 +528,7 @@ def load_model(spec: str, device: str | torch.device | None = None) -> tuple[CoD
         if not {"model_config", "model"} <= set(ckpt):
             raise ValueError(f"{path} is not a coda.train checkpoint (no 'model_config' and 'model' keys)")
         model = pretrained.model_from_checkpoint(ckpt)
-        name = path.parent.name if path.stem in ("last", "best") else path.stem
-        info = {"name": name, "source": "checkpoint", "path": str(path), "sha256": sha256(path),
+        info = {"name": _model_name(spec), "source": "checkpoint", "path": str(path), "sha256": sha256(path),
                 "epoch": ckpt.get("epoch")}
     else:
         if path.suffix in (".pt", ".pth"):
@@ -633,7 +632,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--force", action="store_true", help="recompute results that already exist with these settings")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: 2 grids from 1000 images, 8 removal images")
+    p.add_argument("--table", action="store_true",
+                   help="only print the markdown table of the stored results (README) and exit")
     a = p.parse_args(argv)
+    if a.table:
+        print(markdown_table(a.out or PROJECT_ROOT / "results" / _model_name(a.model)), end="")
+        return
     if a.smoke:
         a.n_grids, a.grid_pool, a.n_removal, a.lime_samples = 2, 1000, 8, 32
     orders = [o.strip() for o in a.orders.split(",")]
@@ -654,6 +658,14 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out or PROJECT_ROOT / "results" / info["name"])
     command = shlex.join(["python", "-m", "coda.evaluate", *argv])
     run(model, info, methods, out, command, a, orders, device, tasks)
+
+
+def _model_name(spec: str) -> str:
+    """The name :func:`load_model` gives ``spec``, without loading it."""
+    path = Path(spec)
+    if path.is_file():
+        return path.parent.name if path.stem in ("last", "best") else path.stem
+    return spec
 
 
 def _configured(name: str, a: argparse.Namespace) -> Explainer:
@@ -817,6 +829,53 @@ def read_results(folder: str | os.PathLike) -> dict | None:
         for entry in table.values():
             entry["fractions"], entry["curve"] = np.asarray(entry["fractions"]), np.asarray(entry["curve"])
     return out
+
+
+def markdown_table(folder: str | os.PathLike) -> str:
+    """The README's results table of one model's folder, next to the published numbers.
+
+    One row per method with stored results, sorted by mean localisation (methods without it
+    last): localisation mean (median) and its number of grids, pixel removal (least important
+    first, mean over the curve) and its number of images, the published values
+    (:data:`PUBLISHED`), and the CPU seconds per attribution of one class on a 96x96 grid
+    with their ratio to the CoDA contributions. Followed by the measured orderings of both
+    metrics. Raises ``ValueError`` if ``folder`` holds no results.
+    """
+    res = read_results(folder)
+    if res is None:
+        raise ValueError(f"no results in {folder} (expected results.json written by python -m coda.evaluate)")
+    loc, rem = res["localisation"], res["removal"]
+    cpu = {r["method"]: float(r["cpu_seconds_per_attribution"]) for r in res["timing"] if r["task"] == "localisation"}
+    labels = {m: v["label"] for table in (loc, rem) for m, v in table.items()}
+    methods = sorted(labels, key=lambda m: (m not in loc, -loc[m]["mean"] if m in loc else 0.0, m))
+
+    def published(m: str) -> tuple[str, str]:
+        mean, median = PUBLISHED["localisation_mean"].get(m), PUBLISHED["localisation_median"].get(m)
+        ploc = "-" if mean is None else f"{mean:.3f}" + ("" if median is None else f" ({median:.3f})")
+        prem = PUBLISHED["removal_mean"].get(m)
+        return ploc, "-" if prem is None else f"{prem:.3f}"
+
+    lines = ["| method | localisation mean (median) | grids | published | pixel removal (mean) | images | published "
+             "| CPU s per attribution | x CoDA |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in methods:
+        ploc, prem = published(m)
+        l, r = loc.get(m), rem.get(m)
+        t = cpu.get(m)
+        ratio = f"{t / cpu['coda']:.1f}" if t is not None and cpu.get("coda") else "-"
+        lines.append("| " + " | ".join([
+            f"{labels[m]} (`{m}`)",
+            "-" if l is None else f"{l['mean']:.3f} ({l['median']:.3f})", "-" if l is None else f"{l['n_grids']:,}", ploc,
+            "-" if r is None else f"{r['mean']:.3f}", "-" if r is None else f"{r['n_images']:,}", prem,
+            "-" if t is None else f"{t:.3g}", ratio]) + " |")
+
+    def ordering(table: dict) -> str:
+        ranked = sorted(table, key=lambda m: -table[m]["mean"])
+        return " > ".join(f"{labels[m]} {table[m]['mean']:.3f}" for m in ranked)
+
+    lines += ["", f"Measured ordering, localisation: {ordering(loc) or '-'}.",
+              f"Measured ordering, pixel removal: {ordering(rem) or '-'}."]
+    return "\n".join(lines) + "\n"
 
 
 def _number(x: float) -> float | None:

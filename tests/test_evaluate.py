@@ -22,6 +22,7 @@ from coda.evaluate import (
     load_model,
     localisation_scores,
     main,
+    markdown_table,
     make_grids,
     pixel_removal,
     removal_masks,
@@ -423,6 +424,23 @@ def test_command_line_resumes_and_mixes_sizes(colour_world, capsys):
     curve = results["removal"]["grad"]
     assert curve["n_images"] == 3 and curve["fractions"][0] == 0 and curve["curve"].mean() == pytest.approx(curve["mean"])
     assert results["removal_most"] == {} and read_results(root / "nowhere") is None
+    # The README table from the stored results: one row per method, best localisation first.
+    capsys.readouterr()
+    main(["--model", str(root / "run" / "last.pt"), "--out", str(out), "--table"])
+    table = capsys.readouterr().out
+    assert table == markdown_table(out)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    means = {m: results["localisation"][m]["mean"] for m in ("coda", "grad", "ixg")}
+    assert [r.split("`")[1] for r in rows] == sorted(means, key=lambda m: -means[m])
+    grad_row = next(r for r in rows if "`grad`" in r).split(" | ")
+    assert grad_row[1] == f"{means['grad']:.3f} ({results['localisation']['grad']['median']:.3f})"
+    assert grad_row[2] == "2" and grad_row[4] == f"{curve['mean']:.3f}" and grad_row[5] == "3"
+    assert grad_row[3] == f"{PUBLISHED['localisation_mean']['grad']:.3f}"
+    ixg_row = next(r for r in rows if "`ixg`" in r).split(" | ")
+    assert ixg_row[4] == "-"  # no removal run for ixg
+    assert "Measured ordering, localisation: " in table
+    with pytest.raises(ValueError, match="no results"):
+        markdown_table(root / "nowhere")
 
 
 def test_command_line_rejects_bad_tasks(colour_world):
