@@ -22,6 +22,7 @@ Run from the repository root::
     python -m benchmarks.bench_layers                     # 9L-S, batches 16 64, fp32 bf16
     python -m benchmarks.bench_layers --quick             # seconds: does the script work?
     python -m benchmarks.bench_layers --steps 20 --json results/bench_layers.json
+    python -m benchmarks.bench_layers --profile --batches 64 --dtypes fp32   # where the time goes
 """
 
 from __future__ import annotations
@@ -141,6 +142,51 @@ def train_step(model, optimiser, images, labels, dtype: str) -> None:
     optimiser.step()
 
 
+# Operator groups of the profile: (label, aten operator names).
+OP_GROUPS = (
+    ("convolutions (forward)", {"aten::mkldnn_convolution", "aten::_convolution"}),
+    ("convolutions (backward)", {"aten::convolution_backward"}),
+    ("per-position contractions (bmm)", {"aten::bmm"}),
+    ("Gram products and other matmuls (mm, addmm)", {"aten::mm", "aten::addmm"}),
+)
+
+
+def profile_step(spec: Spec) -> list[dict]:
+    """Self CPU time of one training step (after ``spec.warmup`` steps), by operator group.
+
+    Returns one dict per group of :data:`OP_GROUPS` plus "everything else" (elementwise
+    operations, copies, Adam, ...; its label names its four largest operators):
+    ``{"group", "seconds", "share"}``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    torch.manual_seed(0)
+    model = build_model(spec.model).train()
+    if spec.mode == "materialised":
+        use_materialised(model)
+    optimiser = torch.optim.Adam(model.parameters(), lr=2.5e-4)
+    images = torch.rand(spec.batch, 3, spec.image_size, spec.image_size)
+    labels = torch.randint(0, model.num_classes, (spec.batch,))
+    for _ in range(spec.warmup):
+        train_step(model, optimiser, images, labels, spec.dtype)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step(model, optimiser, images, labels, spec.dtype)
+    self_seconds = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    total = sum(self_seconds.values())
+    rows, grouped = [], set()
+    for label, ops in OP_GROUPS:
+        seconds = sum(v for k, v in self_seconds.items() if k in ops)
+        grouped |= ops
+        rows.append({"group": label, "seconds": seconds, "share": seconds / total})
+    rest = {k: v for k, v in self_seconds.items() if k not in grouped}
+    top = sorted(rest, key=rest.get, reverse=True)[:4]
+    label = "everything else (largest: " + ", ".join(f"{k.removeprefix('aten::')} {rest[k]:.2f} s" for k in top) + ")"
+    rows.append({"group": label, "seconds": sum(rest.values()), "share": sum(rest.values()) / total})
+    return rows
+
+
 # ----- the parent: one fresh process per configuration ---------------------------------------
 
 
@@ -201,6 +247,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="cifar10-tiny, batch 4, 1 step: a smoke test")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: profile one step of each configuration and print where the time goes")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one Spec as JSON
     args = p.parse_args(argv)
     if args.quick:
@@ -212,6 +260,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker is not None:
         print(json.dumps(measure(Spec(**json.loads(args.worker)))))
+        return
+    if args.profile:
+        for dtype in args.dtypes:
+            for batch in args.batches:
+                for mode in args.modes:
+                    spec = Spec(args.model, mode, dtype, batch, args.image_size, 1, args.warmup, args.threads)
+                    rows = profile_step(spec)
+                    total = sum(r["seconds"] for r in rows)
+                    print(f"\n{args.model}, {mode}, {dtype}, batch {batch}: one step, {total:.2f} s of self CPU time "
+                          f"({torch.get_num_threads()} threads)\n")
+                    print("| operators | self CPU s | share |\n|---|---:|---:|")
+                    for r in rows:
+                        print(f"| {r['group']} | {r['seconds']:.3f} | {100 * r['share']:.0f}% |")
         return
     results = []
     for dtype in args.dtypes:
