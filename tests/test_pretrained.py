@@ -264,3 +264,18 @@ def test_weights_that_do_not_fit_the_config_raise(shipped):
     write_json(manifest, shipped / "manifest.json")
     with pytest.raises(ValueError, match="do not fit the stored config"):
         P.load_pretrained(NAME, root=shipped)
+
+
+@needs_cifar
+@pytest.mark.skipif(
+    not (P.PRETRAINED_DIR / P.MANIFEST).exists(), reason="no shipped models in data/pretrained"
+)
+def test_every_shipped_model_loads_and_matches_its_name_and_card():
+    """Each shipped file passes its SHA-256 check, builds its config, and is named after its T;
+    its card's accuracy is re-measured on the first 1,000 test images (within sampling noise)."""
+    test = load_cifar10("test", CIFAR_ROOT, download=False).first(1000)
+    for name, entry in P.read_manifest()["models"].items():
+        model = P.load_pretrained(name)
+        assert name.endswith(f"-T{model.temperature:g}") and (P.PRETRAINED_DIR / f"{name}.md").exists()
+        accuracy = evaluate_accuracy(model, test)["accuracy"]
+        assert abs(accuracy - entry["test_accuracy"]) < 0.05, (name, accuracy, entry["test_accuracy"])
