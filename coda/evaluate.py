@@ -831,50 +831,82 @@ def read_results(folder: str | os.PathLike) -> dict | None:
     return out
 
 
+def _ours_on_the_same_data(folder: Path) -> tuple[dict, dict]:
+    """Mean CoDA localisation / removal on the grids / images each other method was scored on.
+
+    Smaller runs use the first grids and the first images of larger ones (the grids are a
+    seeded sequence), so a method scored on n grids is compared with the CoDA scores of those
+    same n grids; checked through the grids' test-image indices. Returns two dicts,
+    ``{method: mean}``, for localisation and for pixel removal ("least" order).
+    """
+    tasks = read_tasks(folder)
+    by_key = {(t["settings"]["method"], t["settings"]["task"]): t for t in tasks}
+    loc, rem = {}, {}
+    ours_loc, ours_rem = by_key.get(("coda", "localisation")), by_key.get(("coda", "removal-least"))
+    for (method, task), t in by_key.items():
+        if task == "localisation" and ours_loc is not None:
+            n = len(t["grids"])
+            same = ours_loc["grids"].indices[:n]
+            if n <= len(ours_loc["grids"]) and torch.equal(same, t["grids"].indices):
+                loc[method] = float(ours_loc["result"].scores[:n].mean())
+        elif task == "removal-least" and ours_rem is not None:
+            n = t["result"].probabilities.shape[0]
+            if n <= ours_rem["result"].probabilities.shape[0]:
+                rem[method] = float(ours_rem["result"].probabilities[:n].mean())
+    return loc, rem
+
+
 def markdown_table(folder: str | os.PathLike) -> str:
     """The README's results table of one model's folder, next to the published numbers.
 
     One row per method with stored results, sorted by mean localisation (methods without it
-    last): localisation mean (median) and its number of grids, pixel removal (least important
-    first, mean over the curve) and its number of images, the published values
-    (:data:`PUBLISHED`), and the CPU seconds per attribution of one class on a 96x96 grid
-    with their ratio to the CoDA contributions. Followed by the measured orderings of both
-    metrics. Raises ``ValueError`` if ``folder`` holds no results.
+    last): localisation mean (median) and its number of grids, the CoDA contributions' mean on
+    the same grids, the published value; pixel removal (least important first, mean over the
+    curve), its number of images, the CoDA mean on the same images, the published value; the
+    CPU seconds per attribution of one class on a 96x96 grid and their ratio to the CoDA
+    contributions (compare with care where the thread counts differ). Followed by which
+    methods beat the CoDA contributions on the same data. ``ValueError`` if ``folder`` holds
+    no results.
     """
+    folder = Path(folder)
     res = read_results(folder)
     if res is None:
         raise ValueError(f"no results in {folder} (expected results.json written by python -m coda.evaluate)")
     loc, rem = res["localisation"], res["removal"]
-    cpu = {r["method"]: float(r["cpu_seconds_per_attribution"]) for r in res["timing"] if r["task"] == "localisation"}
+    ours_loc, ours_rem = _ours_on_the_same_data(folder)
+    timing = {r["method"]: r for r in res["timing"] if r["task"] == "localisation"}
     labels = {m: v["label"] for table in (loc, rem) for m, v in table.items()}
     methods = sorted(labels, key=lambda m: (m not in loc, -loc[m]["mean"] if m in loc else 0.0, m))
 
-    def published(m: str) -> tuple[str, str]:
-        mean, median = PUBLISHED["localisation_mean"].get(m), PUBLISHED["localisation_median"].get(m)
-        ploc = "-" if mean is None else f"{mean:.3f}" + ("" if median is None else f" ({median:.3f})")
-        prem = PUBLISHED["removal_mean"].get(m)
-        return ploc, "-" if prem is None else f"{prem:.3f}"
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
 
-    lines = ["| method | localisation mean (median) | grids | published | pixel removal (mean) | images | published "
-             "| CPU s per attribution | x CoDA |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def published_loc(m: str) -> str:
+        mean, median = PUBLISHED["localisation_mean"].get(m), PUBLISHED["localisation_median"].get(m)
+        return number(mean) + ("" if median is None else f" ({median:.3f})")
+
+    lines = ["| method | localisation mean (median) | grids | Ours, same grids | published | pixel removal | images "
+             "| Ours, same images | published | CPU s per attribution (threads) | x Ours |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in methods:
-        ploc, prem = published(m)
-        l, r = loc.get(m), rem.get(m)
-        t = cpu.get(m)
-        ratio = f"{t / cpu['coda']:.1f}" if t is not None and cpu.get("coda") else "-"
+        l, r, t = loc.get(m), rem.get(m), timing.get(m)
+        cpu = None if t is None else float(t["cpu_seconds_per_attribution"])
+        ratio = f"{cpu / float(timing['coda']['cpu_seconds_per_attribution']):.1f}" if cpu and "coda" in timing else "-"
         lines.append("| " + " | ".join([
             f"{labels[m]} (`{m}`)",
-            "-" if l is None else f"{l['mean']:.3f} ({l['median']:.3f})", "-" if l is None else f"{l['n_grids']:,}", ploc,
-            "-" if r is None else f"{r['mean']:.3f}", "-" if r is None else f"{r['n_images']:,}", prem,
-            "-" if t is None else f"{t:.3g}", ratio]) + " |")
+            "-" if l is None else f"{l['mean']:.3f} ({l['median']:.3f})", "-" if l is None else f"{l['n_grids']:,}",
+            number(ours_loc.get(m)) if l is not None else "-", published_loc(m),
+            number(None if r is None else r["mean"]), "-" if r is None else f"{r['n_images']:,}",
+            number(ours_rem.get(m)) if r is not None else "-", number(PUBLISHED["removal_mean"].get(m)),
+            "-" if cpu is None else f"{cpu:.3g} ({t['threads']})", ratio]) + " |")
 
-    def ordering(table: dict) -> str:
-        ranked = sorted(table, key=lambda m: -table[m]["mean"])
-        return " > ".join(f"{labels[m]} {table[m]['mean']:.3f}" for m in ranked)
+    def beaten_by(table: dict, ours: dict) -> str:
+        better = [f"{labels[m]} ({table[m]['mean']:.3f} against {ours[m]:.3f})" for m in table
+                  if m != "coda" and m in ours and table[m]["mean"] > ours[m]]
+        return ", ".join(better) if better else "none"
 
-    lines += ["", f"Measured ordering, localisation: {ordering(loc) or '-'}.",
-              f"Measured ordering, pixel removal: {ordering(rem) or '-'}."]
+    lines += ["", f"Better than Ours on the same grids (localisation): {beaten_by(loc, ours_loc)}.",
+              f"Better than Ours on the same images (pixel removal): {beaten_by(rem, ours_rem)}."]
     return "\n".join(lines) + "\n"
 
 

@@ -434,11 +434,15 @@ def test_command_line_resumes_and_mixes_sizes(colour_world, capsys):
     assert [r.split("`")[1] for r in rows] == sorted(means, key=lambda m: -means[m])
     grad_row = next(r for r in rows if "`grad`" in r).split(" | ")
     assert grad_row[1] == f"{means['grad']:.3f} ({results['localisation']['grad']['median']:.3f})"
-    assert grad_row[2] == "2" and grad_row[4] == f"{curve['mean']:.3f}" and grad_row[5] == "3"
-    assert grad_row[3] == f"{PUBLISHED['localisation_mean']['grad']:.3f}"
+    assert grad_row[2] == "2" and grad_row[4] == f"{PUBLISHED['localisation_mean']['grad']:.3f}"
+    # Ours on the same 2 grids (the first 2 x 4 scores), and on the same 3 removal images.
+    assert grad_row[3] == f"{results['scores']['coda'][:8].mean():.3f}"
+    assert grad_row[5] == f"{curve['mean']:.3f}" and grad_row[6] == "3"
+    ours_first3 = torch.load(task_path(out, "coda", "removal-least"), weights_only=False)["result"]["probabilities"][:3]
+    assert grad_row[7] == f"{ours_first3.mean():.3f}"
     ixg_row = next(r for r in rows if "`ixg`" in r).split(" | ")
-    assert ixg_row[4] == "-"  # no removal run for ixg
-    assert "Measured ordering, localisation: " in table
+    assert ixg_row[5] == ixg_row[7] == "-"  # no removal run for ixg
+    assert "Better than Ours on the same grids (localisation): " in table
     with pytest.raises(ValueError, match="no results"):
         markdown_table(root / "nowhere")
 
