@@ -859,8 +859,9 @@ def _ours_on_the_same_data(folder: Path) -> tuple[dict, dict]:
 def markdown_table(folder: str | os.PathLike) -> str:
     """The README's results table of one model's folder, next to the published numbers.
 
-    One row per method with stored results, sorted by mean localisation (methods without it
-    last): localisation mean (median) and its number of grids, the CoDA contributions' mean on
+    One row per method with stored results, the CoDA contributions first and the others by mean
+    localisation (methods without it last): localisation mean (median) and its number of
+    grids, the CoDA contributions' mean on
     the same grids, the published value; pixel removal (least important first, mean over the
     curve), its number of images, the CoDA mean on the same images, the published value; the
     CPU seconds per attribution of one class on a 96x96 grid and their ratio to the CoDA
@@ -876,7 +877,7 @@ def markdown_table(folder: str | os.PathLike) -> str:
     ours_loc, ours_rem = _ours_on_the_same_data(folder)
     timing = {r["method"]: r for r in res["timing"] if r["task"] == "localisation"}
     labels = {m: v["label"] for table in (loc, rem) for m, v in table.items()}
-    methods = sorted(labels, key=lambda m: (m not in loc, -loc[m]["mean"] if m in loc else 0.0, m))
+    methods = sorted(labels, key=lambda m: (m != "coda", m not in loc, -loc[m]["mean"] if m in loc else 0.0, m))
 
     def number(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
