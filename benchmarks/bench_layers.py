@@ -108,8 +108,8 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, else KiB
 
 
-def measure(spec: Spec) -> dict:
-    """Time ``spec.steps`` training steps and return images/s and the peak memory added."""
+def setup(spec: Spec) -> tuple:
+    """Threads, seed, the model (in ``spec.mode``), Adam and a random batch of ``spec``."""
     if spec.threads:
         torch.set_num_threads(spec.threads)
     torch.manual_seed(0)
@@ -119,6 +119,12 @@ def measure(spec: Spec) -> dict:
     optimiser = torch.optim.Adam(model.parameters(), lr=2.5e-4)
     images = torch.rand(spec.batch, 3, spec.image_size, spec.image_size)
     labels = torch.randint(0, model.num_classes, (spec.batch,))
+    return model, optimiser, images, labels
+
+
+def measure(spec: Spec) -> dict:
+    """Time ``spec.steps`` training steps and return images/s and the peak memory added."""
+    model, optimiser, images, labels = setup(spec)
     baseline = current_rss_mb()
     for _ in range(spec.warmup):
         train_step(model, optimiser, images, labels, spec.dtype)
@@ -160,15 +166,7 @@ def profile_step(spec: Spec) -> list[dict]:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
-    torch.manual_seed(0)
-    model = build_model(spec.model).train()
-    if spec.mode == "materialised":
-        use_materialised(model)
-    optimiser = torch.optim.Adam(model.parameters(), lr=2.5e-4)
-    images = torch.rand(spec.batch, 3, spec.image_size, spec.image_size)
-    labels = torch.randint(0, model.num_classes, (spec.batch,))
+    model, optimiser, images, labels = setup(spec)
     for _ in range(spec.warmup):
         train_step(model, optimiser, images, labels, spec.dtype)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
