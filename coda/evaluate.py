@@ -831,7 +831,7 @@ def read_results(folder: str | os.PathLike) -> dict | None:
     return out
 
 
-def _ours_on_the_same_data(folder: Path) -> tuple[dict, dict]:
+def _ours_on_the_same_data(folder: Path, model_id: str | None) -> tuple[dict, dict]:
     """Mean CoDA localisation / removal on the grids / images each other method was scored on.
 
     Smaller runs use the first grids and the first images of larger ones (the grids are a
@@ -839,7 +839,7 @@ def _ours_on_the_same_data(folder: Path) -> tuple[dict, dict]:
     same n grids; checked through the grids' test-image indices. Returns two dicts,
     ``{method: mean}``, for localisation and for pixel removal ("least" order).
     """
-    tasks = read_tasks(folder)
+    tasks = read_tasks(folder, model_id)  # the model the tables were written for
     by_key = {(t["settings"]["method"], t["settings"]["task"]): t for t in tasks}
     loc, rem = {}, {}
     ours_loc, ours_rem = by_key.get(("coda", "localisation")), by_key.get(("coda", "removal-least"))
@@ -874,7 +874,7 @@ def markdown_table(folder: str | os.PathLike) -> str:
     if res is None:
         raise ValueError(f"no results in {folder} (expected results.json written by python -m coda.evaluate)")
     loc, rem = res["localisation"], res["removal"]
-    ours_loc, ours_rem = _ours_on_the_same_data(folder)
+    ours_loc, ours_rem = _ours_on_the_same_data(folder, (res["record"].get("model") or {}).get("sha256"))
     timing = {r["method"]: r for r in res["timing"] if r["task"] == "localisation"}
     labels = {m: v["label"] for table in (loc, rem) for m, v in table.items()}
     methods = sorted(labels, key=lambda m: (m != "coda", m not in loc, -loc[m]["mean"] if m in loc else 0.0, m))
