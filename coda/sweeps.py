@@ -17,6 +17,7 @@ over several sessions::
     python -m coda.sweeps evaluate              # accuracy, localisation, pixel removal per run
                                                 # (each run once: results/sweeps/runs/<name>.json)
     python -m coda.sweeps layers                # localisation at every layer of the default model
+    python -m coda.sweeps table                 # the README's markdown tables of the results
 
 Evaluation loads each run from the shipped models (``coda.pretrained``) if it is there, else
 from its finished checkpoint in ``runs/sweeps/``; it writes ``results/sweeps/``, which
@@ -304,6 +305,78 @@ def sweep_rows(rows: list[dict], sweep: str) -> list[dict]:
     return sorted((r for r in rows if r.get("name") in names), key=order)
 
 
+def markdown_tables(folder: str | Path = RESULTS_DIR) -> str:
+    """The README's sweep tables (markdown) from the results in ``folder``.
+
+    One table per sweep with evaluated runs, and one of the per-layer localisation: the
+    temperature sweep next to the paper's values at the same T (localisation and pixel
+    removal of the CoDA contributions, METHOD.md section 5), the rank sweep with the number of
+    parameters, the depth sweep with what the contributions explain. A run not evaluated yet is
+    listed as missing under its table. ``ValueError`` if ``folder`` holds no results.
+    """
+    from coda.evaluate import PUBLISHED
+
+    res = read_sweep_results(folder)
+    if res is None:
+        raise ValueError(f"no sweep results in {folder} (expected sweeps.json or layers.json "
+                         "written by python -m coda.sweeps evaluate / layers)")
+
+    def num(value, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    def loc(r: dict) -> str:
+        if r["localisation_mean"] is None:
+            return "-"
+        return f"{r['localisation_mean']:.3f} ({r['localisation_median']:.3f})"
+
+    def percent(r: dict) -> str:
+        return f"{100 * r['test_accuracy']:.2f}%"
+
+    def published(key: str, t: float) -> str:
+        values = {float(k): v for k, v in PUBLISHED[key].items()}
+        return num(values.get(float(t)))
+
+    def depth_label(r: dict) -> str:
+        return "CNN baseline" if r["model"] == CNN_BASELINE else f"stem depth {r['stem_depth']}"
+
+    def missing(sweep: str, rows: list[dict]) -> list[str]:
+        names = [n for n in sweep_runs(sweep) if n not in {r["name"] for r in rows}]
+        return [f"Not evaluated yet: {', '.join(names)}.", ""] if names else []
+
+    out: list[str] = []
+    if res["rows"]:
+        budget = res["budget"] or {}
+        out += [f"Budget of every run: {budget.get('epochs')} epochs, batch {budget.get('batch_size')}, "
+                f"lr {budget.get('lr')} ({budget.get('schedule')}), seed {budget.get('seed')}. "
+                f"Localisation: mean (median) of the 3x3 pointing game on up to {res['n_grids']} grids; "
+                f"pixel removal: mean over the curve on {res['n_removal']} test images.", ""]
+        rows = sweep_rows(res["rows"], "temperature")
+        out += ["| T | test accuracy | localisation | grids | published | pixel removal | published |",
+                "|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [f"| {r['temperature']:g} | {percent(r)} | {loc(r)} | {r['n_grids']} | "
+                f"{published('localisation_mean_coda_vs_temperature', r['temperature'])} | "
+                f"{num(r['removal_mean'])} | {published('removal_mean_coda_vs_temperature', r['temperature'])} |"
+                for r in rows]
+        out += [""] + missing("temperature", rows)
+        rows = sweep_rows(res["rows"], "rank")
+        out += ["| rank factor f | parameters | test accuracy | localisation | pixel removal |",
+                "|---:|---:|---:|---:|---:|"]
+        out += [f"| {r['rank_factor']} | {r['parameters']:,} | {percent(r)} | {loc(r)} | {num(r['removal_mean'])} |"
+                for r in rows]
+        out += [""] + missing("rank", rows)
+        rows = sweep_rows(res["rows"], "depth")
+        out += ["| model | parameters | test accuracy | explained from | localisation |",
+                "|---|---:|---:|---|---:|"]
+        out += [f"| {depth_label(r)} | {r['parameters']:,} | {percent(r)} | {r['explained_from']} | {loc(r)} |" for r in rows]
+        out += [""] + missing("depth", rows)
+    if res["layers"]:
+        out += [f"Localisation at each layer's input of `{res['layers_model']}`:", "",
+                "| explained | localisation | grids |", "|---|---:|---:|"]
+        out += [f"| {r['explained']} | {loc(r)} | {r['n_grids']} |" for r in res["layers"]]
+        out.append("")
+    return "\n".join(out)
+
+
 def _write_rows(rows: list[dict], stem: Path, command: str, extra: dict) -> None:
     header = list(rows[0]) if rows else []
     lines = [",".join(header)] + [",".join("" if r[k] is None else str(r[k]) for k in header) for r in rows]
@@ -330,6 +403,8 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--n-removal", type=int, default=EVAL_SIZES["n_removal"])
     e.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
     e.add_argument("--force", action="store_true", help="re-evaluate runs whose stored results match")
+    tab = sub.add_parser("table", help="print the README's markdown tables of the stored results")
+    tab.add_argument("--out", type=Path, default=RESULTS_DIR, help="the results folder")
     layers = sub.add_parser("layers", help="localisation at every CoDA layer of a model")
     layers.add_argument("--model", default=None, help="shipped model name or checkpoint (default: the default model)")
     layers.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -341,6 +416,8 @@ def main(argv: list[str] | None = None) -> None:
         train_sweeps(a.sweeps, a.runs_dir, a.data, a.device)
     elif a.command == "evaluate":
         evaluate_sweeps(a.sweeps or SWEEPS, a.runs_dir, a.out, a.data, a.n_grids, a.n_removal, command, a.force)
+    elif a.command == "table":
+        print(markdown_tables(a.out), end="")
     elif a.command == "layers":
         from coda import pretrained
         from coda.evaluate import load_model

@@ -187,6 +187,37 @@ def test_sweep_rows_select_one_sweep_sorted_by_its_variable():
         sweep_rows(rows, "width")
 
 
+def test_markdown_tables_show_each_sweep_with_the_published_values(tmp_path, capsys):
+    from coda.sweeps import _write_rows, main, markdown_tables
+
+    with pytest.raises(ValueError, match="no sweep results"):
+        markdown_tables(tmp_path)
+    rows = [_row(run_name(temperature=t), temperature=float(t), localisation=0.1 * i)
+            for i, t in enumerate((100, 10), start=1)]
+    rows += [_row(run_name(rank_factor=4), rank_factor=4) | {"parameters": 1076984, "test_accuracy": 0.71234}]
+    rows += [_row(run_name(stem_depth=3), stem_depth=3, localisation=0.25),
+             _row(run_name(cnn=True), "cifar10-cnn", 64.0, 8, 0, None) | {"explained_from": "nothing"}]
+    _write_rows(rows, tmp_path / "sweeps", "cmd", {"budget": SWEEP_BUDGET, "n_grids": 10, "n_removal": 8})
+    text = markdown_tables(tmp_path)
+    lines = text.splitlines()
+    temperature = [line for line in lines if line.startswith("| 10 |") or line.startswith("| 100 |")]
+    assert temperature == ["| 10 | 50.00% | 0.200 (0.200) | 10 | 0.314 | 0.800 | 0.801 |",  # sorted by T
+                           "| 100 | 50.00% | 0.100 (0.100) | 10 | 0.637 | 0.800 | 0.865 |"]
+    assert "| 4 | 1,076,984 | 71.23% | 0.500 (0.500) | 0.800 |" in lines
+    assert "| stem depth 3 | 1 | 50.00% | input | 0.250 (0.250) |" in lines
+    assert "| CNN baseline | 1 | 50.00% | nothing | - |" in lines
+    missing = [line for line in lines if line.startswith("Not evaluated yet")]
+    assert missing[0] == f"Not evaluated yet: {run_name(temperature=1000)}, {run_name(temperature=5000)}."
+    assert f"{SWEEP_BUDGET['epochs']} epochs" in lines[0] and "10 grids" in lines[0]
+    assert "Localisation at each layer" not in text  # no layers.json yet
+    layers = [{"explained": "layer 3", "localisation_mean": 0.7, "localisation_median": 0.75, "n_grids": 10}]
+    _write_rows(layers, tmp_path / "layers", "cmd", {"model": "m-T1000", "n_grids": 10})
+    assert "| layer 3 | 0.700 (0.750) | 10 |" in markdown_tables(tmp_path).splitlines()
+    capsys.readouterr()
+    main(["table", "--out", str(tmp_path)])
+    assert capsys.readouterr().out == markdown_tables(tmp_path)
+
+
 def test_weights_fingerprint_identifies_the_weights():
     from coda.sweeps import weights_fingerprint
 
