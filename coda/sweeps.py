@@ -113,8 +113,18 @@ def run_status(name: str, cfg: TrainConfig, runs_dir: Path = RUNS_DIR) -> dict:
 
 
 def train_sweeps(sweeps, runs_dir: Path = RUNS_DIR, data_root=None, device=None, progress=True) -> None:
-    """Train (or resume) every unfinished run of ``sweeps``, one after the other."""
+    """Train (or resume) every unfinished run of ``sweeps``, one after the other.
+
+    A run shipped in ``data/pretrained/`` (``coda.list_pretrained()``) counts as finished, so a
+    fresh clone does not retrain it.
+    """
+    from coda import pretrained
+
+    shipped = set(pretrained.list_pretrained())
     for name, cfg in all_runs(sweeps).items():
+        if name in shipped:
+            print(f"-- {name}: shipped in data/pretrained, skipped", flush=True)
+            continue
         if run_status(name, cfg, runs_dir)["finished"]:
             continue
         print(f"== {name}: {json.dumps(dataclasses.asdict(cfg))}", flush=True)
@@ -426,7 +436,13 @@ def main(argv: list[str] | None = None) -> None:
         rows = evaluate_layers(model, load_cifar10("test", a.data), a.n_grids)
         _write_rows(rows, a.out / "layers", command, {"model": info["name"], "n_grids": a.n_grids})
     else:
+        from coda import pretrained
+
+        shipped = set(pretrained.list_pretrained())
         for name, cfg in all_runs(a.sweeps or SWEEPS).items():
+            if name in shipped:
+                print(f"{name:32s} shipped in data/pretrained")
+                continue
             st = run_status(name, cfg, a.runs_dir)
             acc = "-" if st["test_accuracy"] is None else f"{st['test_accuracy']:.4f}"
             print(f"{name:32s} {st['epochs_done']:3d}/{st['epochs']} epochs  test accuracy {acc}")
