@@ -193,7 +193,8 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     for key, tensor in model.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         h.update(f"{key}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1): a 0-dim tensor (batch norm's num_batches_tracked) cannot be viewed as bytes.
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -230,6 +230,12 @@ def test_weights_fingerprint_identifies_the_weights():
     with torch.no_grad():
         next(b.parameters())[0].flatten()[0] += 1e-6
     assert weights_fingerprint(a) != weights_fingerprint(b)
+    hybrid = build_model("cifar10-9L-S", rank_factor=4, stem_depth=1)  # batch norm: 0-dim buffers
+    before = weights_fingerprint(hybrid)
+    buffers = [b for b in hybrid.buffers() if b.dim() == 0]
+    assert buffers, "expected a 0-dim buffer in the hybrid's stem"
+    buffers[0] += 1
+    assert weights_fingerprint(hybrid) != before
 
 
 def test_evaluate_sweeps_keeps_each_run_and_reuses_it(tmp_path, monkeypatch):
