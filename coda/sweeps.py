@@ -98,9 +98,18 @@ def all_runs(sweeps: list[str] | tuple[str, ...] = SWEEPS) -> dict[str, TrainCon
 
 
 def run_status(name: str, cfg: TrainConfig, runs_dir: Path = RUNS_DIR) -> dict:
-    """``{"name", "epochs_done", "epochs", "finished", "test_accuracy"}`` of one run."""
+    """``{"name", "epochs_done", "epochs", "finished", "shipped", "test_accuracy"}`` of one run.
+
+    A run shipped in ``data/pretrained/`` (``coda.list_pretrained()``) counts as finished, so a
+    fresh clone neither retrains it nor needs its checkpoint.
+    """
+    from coda import pretrained
+
     path = Path(runs_dir) / name / "last.pt"
-    status = {"name": name, "epochs_done": 0, "epochs": cfg.epochs, "finished": False, "test_accuracy": None}
+    status = {"name": name, "epochs_done": 0, "epochs": cfg.epochs, "finished": False, "shipped": False,
+              "test_accuracy": None}
+    if name in pretrained.list_pretrained():
+        return status | {"epochs_done": cfg.epochs, "finished": True, "shipped": True}
     if path.exists():
         ckpt = load_checkpoint(path)
         if ckpt["config"] != cfg.to_dict():
@@ -113,18 +122,8 @@ def run_status(name: str, cfg: TrainConfig, runs_dir: Path = RUNS_DIR) -> dict:
 
 
 def train_sweeps(sweeps, runs_dir: Path = RUNS_DIR, data_root=None, device=None, progress=True) -> None:
-    """Train (or resume) every unfinished run of ``sweeps``, one after the other.
-
-    A run shipped in ``data/pretrained/`` (``coda.list_pretrained()``) counts as finished, so a
-    fresh clone does not retrain it.
-    """
-    from coda import pretrained
-
-    shipped = set(pretrained.list_pretrained())
+    """Train (or resume) every unfinished run of ``sweeps`` (shipped ones count as finished)."""
     for name, cfg in all_runs(sweeps).items():
-        if name in shipped:
-            print(f"-- {name}: shipped in data/pretrained, skipped", flush=True)
-            continue
         if run_status(name, cfg, runs_dir)["finished"]:
             continue
         print(f"== {name}: {json.dumps(dataclasses.asdict(cfg))}", flush=True)
@@ -332,8 +331,8 @@ def markdown_tables(folder: str | Path = RESULTS_DIR) -> str:
         raise ValueError(f"no sweep results in {folder} (expected sweeps.json or layers.json "
                          "written by python -m coda.sweeps evaluate / layers)")
 
-    def num(value, digits: int = 3) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
+    def num(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
 
     def loc(r: dict) -> str:
         if r["localisation_mean"] is None:
@@ -437,14 +436,11 @@ def main(argv: list[str] | None = None) -> None:
         rows = evaluate_layers(model, load_cifar10("test", a.data), a.n_grids)
         _write_rows(rows, a.out / "layers", command, {"model": info["name"], "n_grids": a.n_grids})
     else:
-        from coda import pretrained
-
-        shipped = set(pretrained.list_pretrained())
         for name, cfg in all_runs(a.sweeps or SWEEPS).items():
-            if name in shipped:
+            st = run_status(name, cfg, a.runs_dir)
+            if st["shipped"]:
                 print(f"{name:32s} shipped in data/pretrained")
                 continue
-            st = run_status(name, cfg, a.runs_dir)
             acc = "-" if st["test_accuracy"] is None else f"{st['test_accuracy']:.4f}"
             print(f"{name:32s} {st['epochs_done']:3d}/{st['epochs']} epochs  test accuracy {acc}")
 

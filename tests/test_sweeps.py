@@ -98,12 +98,12 @@ def test_status_and_training_skip_finished_runs(tmp_path, monkeypatch):
     assert status["finished"] and status["epochs_done"] == 1 and status["test_accuracy"] is not None
     train_sweeps(["rank"], tmp_path)  # finished: not trained again
     assert calls == [name]
-    monkeypatch.setattr("coda.pretrained.list_pretrained", lambda: [name])
-    train_sweeps(["rank"], tmp_path / "fresh")  # shipped: not trained on a fresh machine either
-    assert calls == [name] and not (tmp_path / "fresh").exists()
     other = dataclasses.replace(cfg, lr=cfg.lr / 2)
     with pytest.raises(ValueError, match="another config"):
         run_status(name, other, tmp_path)
+    monkeypatch.setattr("coda.pretrained.list_pretrained", lambda: [name])
+    train_sweeps(["rank"], tmp_path / "fresh")  # shipped: not trained on a fresh machine either
+    assert calls == [name] and not (tmp_path / "fresh").exists()
 
 
 def test_layer_explainer_scores_the_layer_contributions():
