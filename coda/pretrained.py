@@ -297,7 +297,7 @@ def _summary_table(entry: dict) -> str:
         ("architecture", f"`{_build_call(entry['model'], tc['model_overrides'])}`"),
         ("parameters", f"{entry['parameters']:,}"),
         ("temperature T", f"{mc['temperature']:g}"),
-        ("ranks", ", ".join(str(m * mc["rank_factor"]) for m in mc["rank_multipliers"])),
+        ("ranks", ", ".join(r for r in _ranks(mc) if r != "-") or "- (no CoDA layers)"),
         ("norm", mc["norm"]),
         ("test accuracy", _accuracy_text(entry)),
         ("training", _training_text(entry)),
@@ -349,22 +349,33 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
 
 
+def _ranks(mc: dict) -> list[str]:
+    """Each layer's rank as text; "-" for the layers of a conventional stem (they have none)."""
+    return [
+        "-" if i < mc["stem_depth"] else str(m * mc["rank_factor"]) for i, m in enumerate(mc["rank_multipliers"])
+    ]
+
+
 def _layer_table(mc: dict) -> str:
-    head = "## Layers\n\n| layer | " + " | ".join(str(i + 1) for i in range(len(mc["channels"]))) + " |"
+    n, stem = len(mc["channels"]), mc["stem_depth"]
+    kinds = ["CoDA" if i >= stem else "conv" if i == n - 1 else "conv-BN-ReLU" for i in range(n)]
+    head = "## Layers\n\n| layer | " + " | ".join(str(i + 1) for i in range(n)) + " |"
     rows = [
+        ("type", kinds),
         ("out channels", mc["channels"]),
         ("kernel", mc["kernel_sizes"]),
         ("stride", mc["strides"]),
-        ("rank", [m * mc["rank_factor"] for m in mc["rank_multipliers"]]),
+        ("rank", _ranks(mc)),
     ]
-    lines = [head, "|---" * (len(mc["channels"]) + 1) + "|"]
+    lines = [head, "|---" * (n + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(map(str, values)) + " |" for label, values in rows]
-    stem = (
-        f"\n\nThe first {mc['stem_depth']} layers are a conventional conv-BN-ReLU stem."
-        if mc["stem_depth"]
-        else ""
-    )
-    return "\n".join(lines) + stem
+    if stem == n:
+        lines += ["", "All layers are conventional: a CNN baseline without contributions."]
+    elif stem:
+        first = f"The first {stem} layers are" if stem > 1 else "The first layer is"
+        lines += ["", f"{first} a conventional stem; contributions are exact down to the "
+                  "input of the first CoDA layer (`coda.contributions(..., layer=0)`), not to the pixels."]
+    return "\n".join(lines)
 
 
 def _per_class_table(entry: dict) -> str:

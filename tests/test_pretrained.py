@@ -116,6 +116,20 @@ def test_card_of_an_unfinished_run_says_so(tmp_path):
         assert text in card, text
 
 
+def test_card_layer_table_marks_the_conventional_stem():
+    pure = CONFIGS["cifar10-9L-S"].replace(rank_factor=8).to_dict()
+    hybrid = CONFIGS["cifar10-9L-S"].replace(rank_factor=8, stem_depth=3).to_dict()
+    cnn = CONFIGS["cifar10-cnn"].to_dict()
+    assert "| type | CoDA | CoDA |" in P._layer_table(pure) and "stem" not in P._layer_table(pure)
+    table = P._layer_table(hybrid)
+    assert "| type | conv-BN-ReLU | conv-BN-ReLU | conv-BN-ReLU | CoDA |" in table
+    assert "| rank | - | - | - | 16 |" in table and "The first 3 layers are a conventional stem" in table
+    assert ", ".join(P._ranks(hybrid)).startswith("-, -, -, 16")
+    table = P._layer_table(cnn)
+    assert table.count("CoDA") == 0 and "| conv |" in table and "a CNN baseline" in table
+    assert set(P._ranks(cnn)) == {"-"}
+
+
 def test_export_rejects_a_name_without_the_temperature(checkpoint, tmp_path):
     for bad in ("cifar10-tiny", "cifar10-tiny-T1000", "../escape-T100", "tiny T100"):
         with pytest.raises(ValueError, match="-T100"):
