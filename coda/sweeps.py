@@ -244,19 +244,25 @@ def evaluate_sweeps(sweeps, runs_dir: Path = RUNS_DIR, out: Path = RESULTS_DIR, 
     return rows
 
 
-def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], seed: int = 0) -> list[dict]:
-    """Localisation of the contributions at the input of every CoDA layer (interpretable depth).
+def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], seed: int = 0,
+                    layers: list[int] | None = None) -> list[dict]:
+    """Localisation of the contributions at the input of CoDA layers (interpretable depth).
 
-    The same grids serve every layer; maps of deeper layers are coarser (their input is
-    downsampled by the strides before them), and the cells are scored at that resolution.
+    ``layers``: the CoDA layer indices to explain (default: all); for a pure CoDA-Net the input
+    of layer 0 is the encoded image and is labelled "input". The same grids serve every layer;
+    maps of deeper layers are coarser (their input is downsampled by the strides before them),
+    and the cells are scored at that resolution. Returns one row per layer: explained,
+    localisation_mean, localisation_median, n_grids.
     """
+    n = len(model.layers)
+    layers = list(range(n)) if layers is None else sorted(set(layers))
+    if not layers or not all(0 <= i < n for i in layers):
+        raise ValueError(f"layers must be CoDA layer indices in [0, {n - 1}], got {layers}")
     grids = make_grids(model, test, n_grids=n_grids, seed=seed)
     rows = []
-    # For a pure CoDA-Net the input of layer 0 is the encoded image: "input" covers it.
-    first = 0 if len(model.stem) else 1
-    explainers = ([("input", "coda")] if not len(model.stem) else []) + [
-        (f"layer {i}", layer_explainer(i)) for i in range(first, len(model.layers))]
-    for where, explainer in explainers:
+    for i in layers:
+        # For a pure CoDA-Net the input of layer 0 is the encoded image: plain "coda".
+        where, explainer = ("input", "coda") if i == 0 and not len(model.stem) else (f"layer {i}", layer_explainer(i))
         loc = localisation_scores(model, grids, explainer)
         rows.append({"explained": where, "localisation_mean": loc.mean, "localisation_median": loc.median,
                      "n_grids": len(grids)})
@@ -264,12 +270,21 @@ def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], 
     return rows
 
 
+def layers_stem(model_name: str, out: Path = RESULTS_DIR) -> Path:
+    """Where ``python -m coda.sweeps layers`` writes (without suffix): ``layers`` for the
+    default shipped model, ``layers-<model name>`` for any other."""
+    from coda import pretrained
+
+    default = pretrained.default_name() if pretrained.list_pretrained() else None
+    return Path(out) / ("layers" if model_name == default else f"layers-{model_name}")
+
+
 def read_sweep_results(folder: str | Path = RESULTS_DIR) -> dict | None:
     """The tables written by ``python -m coda.sweeps evaluate`` and ``... layers``; None if absent.
 
     Returns
     -------
-    None if ``folder`` holds neither ``sweeps.json`` nor ``layers.json``; else a dict with
+    None if ``folder`` holds no ``sweeps.json``, ``layers.json`` or ``layers-*.json``; else a dict with
 
     * ``rows``: one dict per evaluated run (name, sweeps, model, temperature, rank_factor,
       stem_depth, epochs, source, parameters, test_accuracy, explained_from,
@@ -279,21 +294,26 @@ def read_sweep_results(folder: str | Path = RESULTS_DIR) -> dict | None:
       ``command`` of ``sweeps.json`` (None without it);
     * ``layers``: one dict per explained layer (explained, localisation_mean,
       localisation_median, n_grids), ``[]`` without ``layers.json``; ``layers_model``
-      and ``layers_command``: the model they belong to and the command (None without it).
+      and ``layers_command``: the model they belong to and the command (None without it);
+    * ``layers_of``: ``{model name: rows like layers}`` from ``layers-<model>.json`` (other
+      models than the default, e.g. the sweeps' centre run at the hybrids' depths).
     """
     folder = Path(folder)
     sweeps_path, layers_path = folder / "sweeps.json", folder / "layers.json"
-    if not sweeps_path.exists() and not layers_path.exists():
+    other_layers = sorted(folder.glob("layers-*.json"))
+    if not sweeps_path.exists() and not layers_path.exists() and not other_layers:
         return None
     record = json.loads(sweeps_path.read_text()) if sweeps_path.exists() else {}
     layers = json.loads(layers_path.read_text()) if layers_path.exists() else {}
-    for path, rec in ((sweeps_path, record), (layers_path, layers)):
+    others = {path: json.loads(path.read_text()) for path in other_layers}
+    for path, rec in ((sweeps_path, record), (layers_path, layers), *others.items()):
         if rec and not isinstance(rec.get("rows"), list):
             raise ValueError(f"{path}: expected a list of rows under 'rows'")
     return {"rows": record.get("rows", []), "budget": record.get("budget"), "n_grids": record.get("n_grids"),
             "n_removal": record.get("n_removal"), "command": record.get("command"),
             "layers": layers.get("rows", []), "layers_model": layers.get("model"),
-            "layers_command": layers.get("command")}
+            "layers_command": layers.get("command"),
+            "layers_of": {rec["model"]: rec["rows"] for rec in others.values()}}
 
 
 def sweep_rows(rows: list[dict], sweep: str) -> list[dict]:
@@ -375,9 +395,17 @@ def markdown_tables(folder: str | Path = RESULTS_DIR) -> str:
                 for r in rows]
         out += [""] + missing("rank", rows)
         rows = sweep_rows(res["rows"], "depth")
-        out += ["| model | parameters | test accuracy | explained from | localisation |",
-                "|---|---:|---:|---|---:|"]
-        out += [f"| {depth_label(r)} | {r['parameters']:,} | {percent(r)} | {r['explained_from']} | {loc(r)} |" for r in rows]
+        centre = {r["explained"]: r for r in res["layers_of"].get(run_name(), [])}
+        same = [centre.get(f"layer {r['stem_depth']}") if r["stem_depth"] and r["model"] != CNN_BASELINE else None
+                for r in rows]
+        if any(same):
+            out += ["| model | parameters | test accuracy | explained from | localisation | "
+                    f"`{run_name()}` explained from the same layer |", "|---|---:|---:|---|---:|---:|"]
+        else:
+            out += ["| model | parameters | test accuracy | explained from | localisation |", "|---|---:|---:|---|---:|"]
+        for r, c in zip(rows, same, strict=True):
+            line = f"| {depth_label(r)} | {r['parameters']:,} | {percent(r)} | {r['explained_from']} | {loc(r)} |"
+            out.append(line + (f" {loc(c) if c else '-'} |" if any(same) else ""))
         out += [""] + missing("depth", rows)
     if res["layers"]:
         out += [f"Localisation at each layer's input of `{res['layers_model']}`:", "",
@@ -418,6 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     layers = sub.add_parser("layers", help="localisation at every CoDA layer of a model")
     layers.add_argument("--model", default=None, help="shipped model name or checkpoint (default: the default model)")
     layers.add_argument("--out", type=Path, default=RESULTS_DIR)
+    layers.add_argument("--layers", type=int, nargs="+", help="CoDA layer indices (default: all)")
     layers.add_argument("--n-grids", type=int, default=EVAL_SIZES["n_grids"])
     layers.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
     a = p.parse_args(argv)
@@ -433,8 +462,8 @@ def main(argv: list[str] | None = None) -> None:
         from coda.evaluate import load_model
 
         model, info = load_model(a.model or pretrained.default_name())
-        rows = evaluate_layers(model, load_cifar10("test", a.data), a.n_grids)
-        _write_rows(rows, a.out / "layers", command, {"model": info["name"], "n_grids": a.n_grids})
+        rows = evaluate_layers(model, load_cifar10("test", a.data), a.n_grids, layers=a.layers)
+        _write_rows(rows, layers_stem(info["name"], a.out), command, {"model": info["name"], "n_grids": a.n_grids})
     else:
         for name, cfg in all_runs(a.sweeps or SWEEPS).items():
             st = run_status(name, cfg, a.runs_dir)

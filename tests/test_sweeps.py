@@ -159,9 +159,18 @@ def test_read_sweep_results_round_trips_the_written_tables(tmp_path):
     _write_rows(layers, tmp_path / "layers", "python -m coda.sweeps layers", {"model": "m-T1000", "n_grids": 10})
     got = read_sweep_results(tmp_path)
     assert got["layers"] == layers and got["layers_model"] == "m-T1000"
+    assert got["layers_of"] == {}
+    centre = [{"explained": "layer 3", "localisation_mean": 0.6, "localisation_median": 0.6, "n_grids": 10}]
+    _write_rows(centre, tmp_path / "layers-c-T1000", "python -m coda.sweeps layers --model c-T1000",
+                {"model": "c-T1000", "n_grids": 10})
+    got = read_sweep_results(tmp_path)
+    assert got["layers_of"] == {"c-T1000": centre} and got["layers"] == layers  # the default's file is untouched
     (tmp_path / "sweeps.json").unlink()
     only_layers = read_sweep_results(tmp_path)
     assert only_layers["rows"] == [] and only_layers["budget"] is None and only_layers["layers"] == layers
+    for name in ("layers.json", "layers.csv"):
+        (tmp_path / name).unlink()
+    assert read_sweep_results(tmp_path)["layers_of"] == {"c-T1000": centre}  # a layers-*.json alone is enough
     (tmp_path / "sweeps.json").write_text('{"rows": {"a": 1}}')
     with pytest.raises(ValueError, match="list of rows"):
         read_sweep_results(tmp_path)
@@ -216,6 +225,13 @@ def test_markdown_tables_show_each_sweep_with_the_published_values(tmp_path, cap
     layers = [{"explained": "layer 3", "localisation_mean": 0.7, "localisation_median": 0.75, "n_grids": 10}]
     _write_rows(layers, tmp_path / "layers", "cmd", {"model": "m-T1000", "n_grids": 10})
     assert "| layer 3 | 0.700 (0.750) | 10 |" in markdown_tables(tmp_path).splitlines()
+    assert "explained from the same layer" not in markdown_tables(tmp_path)
+    # The centre run explained from layer 3 goes next to the stem-3 hybrid, "-" elsewhere.
+    _write_rows(layers, tmp_path / f"layers-{run_name()}", "cmd", {"model": run_name(), "n_grids": 10})
+    lines = markdown_tables(tmp_path).splitlines()
+    assert f"`{run_name()}` explained from the same layer |" in "\n".join(lines)
+    assert "| stem depth 3 | 1 | 50.00% | input | 0.250 (0.250) | 0.700 (0.750) |" in lines
+    assert "| CNN baseline | 1 | 50.00% | nothing | - | - |" in lines
     capsys.readouterr()
     main(["table", "--out", str(tmp_path)])
     assert capsys.readouterr().out == markdown_tables(tmp_path)
@@ -268,12 +284,35 @@ def test_evaluate_sweeps_keeps_each_run_and_reuses_it(tmp_path, monkeypatch):
     assert calls == [(3, 4), (5, 4), (5, 4)]
 
 
-def test_evaluate_layers_scores_each_layer_once():
+def test_evaluate_layers_scores_each_layer_once(monkeypatch):
+    from coda.evaluate import grids_from_logits
     from coda.sweeps import evaluate_layers
 
+    def confident_grids(model, data, n_grids, seed):  # an untrained model classifies nothing confidently
+        logits = 10 * torch.nn.functional.one_hot(data.labels, 10).float() - 5
+        return grids_from_logits(logits, data, n_grids, 3, seed)
+
+    monkeypatch.setattr("coda.sweeps.make_grids", confident_grids)
     model = build_model("cifar10-tiny").eval()
     rows = evaluate_layers(model, _tiny_data(20), n_grids=1)
     assert [r["explained"] for r in rows] == ["input"] + [f"layer {i}" for i in range(1, len(model.layers))]
+    assert all(r["n_grids"] == 1 and 0 <= r["localisation_mean"] <= 1 for r in rows)
     hybrid = build_model("cifar10-tiny", stem_depth=2).eval()
     assert [r["explained"] for r in evaluate_layers(hybrid, _tiny_data(20), n_grids=1)] == [
         f"layer {i}" for i in range(len(hybrid.layers))]
+    some = evaluate_layers(model, _tiny_data(20), n_grids=1, layers=[3, 0, 3])
+    assert [r["explained"] for r in some] == ["input", "layer 3"]
+    assert some[1] == next(r for r in rows if r["explained"] == "layer 3")  # same grids, same score
+    for bad in ([], [len(model.layers)], [-1]):
+        with pytest.raises(ValueError, match="layer indices"):
+            evaluate_layers(model, _tiny_data(20), n_grids=1, layers=bad)
+
+
+def test_layers_of_the_default_model_and_of_others_go_to_separate_files(tmp_path):
+    from coda import pretrained
+    from coda.sweeps import layers_stem
+
+    other = layers_stem("sweep-9L-S-f8-T1000", tmp_path)
+    assert other == tmp_path / "layers-sweep-9L-S-f8-T1000"
+    if pretrained.list_pretrained():
+        assert layers_stem(pretrained.default_name(), tmp_path) == tmp_path / "layers"
