@@ -316,6 +316,22 @@ def read_sweep_results(folder: str | Path = RESULTS_DIR) -> dict | None:
             "layers_of": {rec["model"]: rec["rows"] for rec in others.values()}}
 
 
+def centre_from_layer(results: dict) -> dict[int, dict]:
+    """``{d: layer row}``: the centre run (no stem) explained from the input of its layer ``d``.
+
+    The reference for the stem-``d`` hybrid, whose CoDA part starts at the same depth; from
+    ``layers-<centre run>.json`` (``python -m coda.sweeps layers --model <centre run>``), with
+    ``d = 0`` (the input) taken from the centre run's own row when it is evaluated.
+    ``results`` is :func:`read_sweep_results`'s dict.
+    """
+    rows = {0 if r["explained"] == "input" else int(r["explained"].split()[-1]): r
+            for r in results["layers_of"].get(run_name(), [])}
+    own = next((r for r in results["rows"] if r["name"] == run_name()), None)
+    if own is not None and 0 not in rows:
+        rows[0] = {"explained": "input", **{k: own[k] for k in ("localisation_mean", "localisation_median", "n_grids")}}
+    return dict(sorted(rows.items()))
+
+
 def sweep_rows(rows: list[dict], sweep: str) -> list[dict]:
     """The result rows of one sweep's runs, sorted by the sweep's variable.
 
@@ -395,8 +411,8 @@ def markdown_tables(folder: str | Path = RESULTS_DIR) -> str:
                 for r in rows]
         out += [""] + missing("rank", rows)
         rows = sweep_rows(res["rows"], "depth")
-        centre = {r["explained"]: r for r in res["layers_of"].get(run_name(), [])}
-        same = [centre.get(f"layer {r['stem_depth']}") if r["stem_depth"] and r["model"] != CNN_BASELINE else None
+        centre = centre_from_layer(res)
+        same = [centre.get(r["stem_depth"]) if r["stem_depth"] and r["model"] != CNN_BASELINE else None
                 for r in rows]
         if any(same):
             out += ["| model | parameters | test accuracy | explained from | localisation | "

@@ -316,3 +316,15 @@ def test_layers_of_the_default_model_and_of_others_go_to_separate_files(tmp_path
     assert other == tmp_path / "layers-sweep-9L-S-f8-T1000"
     if pretrained.list_pretrained():
         assert layers_stem(pretrained.default_name(), tmp_path) == tmp_path / "layers"
+
+
+def test_centre_from_layer_joins_the_centre_runs_row_and_its_layer_file():
+    from coda.sweeps import centre_from_layer
+
+    layer = {"explained": "layer 3", "localisation_mean": 0.6, "localisation_median": 0.61, "n_grids": 10}
+    results = {"rows": [_row(run_name(), localisation=0.7), _row(run_name(stem_depth=3), stem_depth=3)],
+               "layers_of": {run_name(): [layer], "other-T10": [layer | {"explained": "layer 1"}]}}
+    got = centre_from_layer(results)
+    assert list(got) == [0, 3] and got[3] == layer
+    assert got[0]["localisation_mean"] == 0.7 and got[0]["explained"] == "input"
+    assert centre_from_layer({"rows": [], "layers_of": {}}) == {}
