@@ -10,7 +10,8 @@ Three sweeps around one centre run (the 9L-S layout at rank factor 8, T = 1000):
 
 Every run trains with the same :data:`SWEEP_BUDGET`; the centre run is shared by all three
 sweeps. Training is resumable and sequential, so one background command finishes a sweep
-over several sessions::
+over several sessions; a run being trained holds a lock file (``runs/sweeps/<name>/train.lock``),
+so two commands started side by side (one core each) share the work instead of colliding::
 
     nohup python -m coda.sweeps train temperature rank depth > sweeps.log 2>&1 &
     python -m coda.sweeps status
@@ -31,6 +32,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import shlex
 import sys
 import time
@@ -121,15 +123,52 @@ def run_status(name: str, cfg: TrainConfig, runs_dir: Path = RUNS_DIR) -> dict:
     return status
 
 
+LOCK = "train.lock"  # in a run's folder while a process trains it; holds that process's id
+
+
+def lock_holder(folder: Path) -> int | None:
+    """The id of the live process that holds ``folder``'s training lock, else None."""
+    try:
+        pid = int((Path(folder) / LOCK).read_text())
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except (OSError, ValueError):  # no lock, an unreadable one, or its process is gone
+        return None
+    return pid
+
+
+def _claim(folder: Path) -> bool:
+    """Take ``folder``'s training lock for this process; False if a live process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK
+    if lock.exists() and lock_holder(folder) is None:
+        lock.unlink(missing_ok=True)  # stale: its process died (or was killed) while training
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
 def train_sweeps(sweeps, runs_dir: Path = RUNS_DIR, data_root=None, device=None, progress=True) -> None:
-    """Train (or resume) every unfinished run of ``sweeps`` (shipped ones count as finished)."""
+    """Train (or resume) every unfinished run of ``sweeps`` (shipped ones count as finished).
+
+    A run that another live process is training (its lock file) is skipped, so several
+    commands can work through the same sweeps in parallel.
+    """
     for name, cfg in all_runs(sweeps).items():
         if run_status(name, cfg, runs_dir)["finished"]:
             continue
-        print(f"== {name}: {json.dumps(dataclasses.asdict(cfg))}", flush=True)
         out = Path(runs_dir) / name
-        out.mkdir(parents=True, exist_ok=True)
-        train(cfg, out, device=device, data_root=data_root, progress=progress)
+        if not _claim(out):
+            print(f"-- {name}: being trained by process {lock_holder(out)}, skipped", flush=True)
+            continue
+        try:
+            print(f"== {name}: {json.dumps(dataclasses.asdict(cfg))}", flush=True)
+            train(cfg, out, device=device, data_root=data_root, progress=progress)
+        finally:
+            (out / LOCK).unlink(missing_ok=True)
 
 
 # ----- evaluation ------------------------------------------------------------------------
@@ -487,7 +526,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{name:32s} shipped in data/pretrained")
                 continue
             acc = "-" if st["test_accuracy"] is None else f"{st['test_accuracy']:.4f}"
-            print(f"{name:32s} {st['epochs_done']:3d}/{st['epochs']} epochs  test accuracy {acc}")
+            pid = lock_holder(a.runs_dir / name)
+            training = "" if pid is None else f"  (training now, process {pid})"
+            print(f"{name:32s} {st['epochs_done']:3d}/{st['epochs']} epochs  test accuracy {acc}{training}")
 
 
 if __name__ == "__main__":

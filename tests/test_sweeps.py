@@ -1,6 +1,7 @@
 """Sweep bookkeeping: run definitions, the shared centre run, status and resumption."""
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -104,6 +105,37 @@ def test_status_and_training_skip_finished_runs(tmp_path, monkeypatch):
     monkeypatch.setattr("coda.pretrained.list_pretrained", lambda: [name])
     train_sweeps(["rank"], tmp_path / "fresh")  # shipped: not trained on a fresh machine either
     assert calls == [name] and not (tmp_path / "fresh").exists()
+
+
+def test_a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_taken_over(tmp_path, monkeypatch):
+    import subprocess
+
+    from coda.sweeps import LOCK, lock_holder
+
+    tiny = dict(model="cifar10-tiny", model_overrides={}, epochs=1, batch_size=8, precision="fp32")
+    cfg = dataclasses.replace(sweep_runs("rank")[run_name(rank_factor=4)], **tiny)
+    monkeypatch.setattr("coda.sweeps.all_runs", lambda sweeps: {"sweep-tiny-T100": cfg})
+    calls = []
+
+    def fake_train(cfg, out, **kw):
+        calls.append(lock_holder(out))  # the lock is held while training
+        from coda.train import train as real_train
+
+        return real_train(cfg, out, train_data=_tiny_data(16), test_data=_tiny_data(8), progress=False)
+
+    monkeypatch.setattr("coda.sweeps.train", fake_train)
+    folder = tmp_path / "sweep-tiny-T100"
+    folder.mkdir()
+    (folder / LOCK).write_text(str(os.getppid()))  # a live process (pytest's parent) trains it
+    train_sweeps(["rank"], tmp_path)
+    assert calls == [] and lock_holder(folder) == os.getppid()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (folder / LOCK).write_text(str(gone.pid))  # its process died: the lock is stale
+    assert lock_holder(folder) is None
+    train_sweeps(["rank"], tmp_path)
+    assert calls == [os.getpid()] and not (folder / LOCK).exists()  # trained, lock released
+    assert run_status("sweep-tiny-T100", cfg, tmp_path)["finished"]
 
 
 def test_layer_explainer_scores_the_layer_contributions():
