@@ -251,22 +251,31 @@ def evaluate_sweeps(sweeps, runs_dir: Path = RUNS_DIR, out: Path = RESULTS_DIR, 
 
     Each run's row is also kept in ``<out>/runs/<name>.json`` with the settings it depends on
     (weights fingerprint, config, sizes); a later call reuses it when they match (``force``
-    recomputes), so the sweeps can be evaluated run by run as their training finishes.
+    recomputes), so the sweeps can be evaluated run by run as their training finishes. The
+    written table holds every evaluated run of *all* sweeps: the runs of sweeps not asked for
+    come from their stored rows only (when those match), so ``evaluate depth`` keeps the
+    temperature rows. Returns the rows of the runs of ``sweeps``.
     """
     test = load_cifar10("test", data_root)
-    rows = []
-    for name, cfg in all_runs(sweeps).items():
+    asked = all_runs(sweeps)
+    rows, table = [], []
+    for name, cfg in all_runs(SWEEPS).items():
         model, source = _load_run(name, cfg, runs_dir)
         if model is None:
-            print(f"-- {name}: not trained yet, skipped", flush=True)
+            if name in asked:
+                print(f"-- {name}: not trained yet, skipped", flush=True)
             continue
         settings = {"weights": weights_fingerprint(model), "config": cfg.to_dict(), "n_grids": n_grids,
                     "n_removal": n_removal, "seed": 0}
         cache = Path(out) / "runs" / f"{name}.json"
-        row = None if force else _cached_row(cache, settings)
+        row = None if force and name in asked else _cached_row(cache, settings)
         if row is not None:
-            print(f"-- {name}: already evaluated with these settings ({cache})", flush=True)
-            rows.append(row)
+            if name in asked:
+                print(f"-- {name}: already evaluated with these settings ({cache})", flush=True)
+                rows.append(row)
+            table.append(row)
+            continue
+        if name not in asked:  # another sweep's run, not evaluated (with these settings): left out
             continue
         overrides = cfg.model_overrides
         row = {"name": name, "sweeps": " ".join(s for s in SWEEPS if name in sweep_runs(s)),
@@ -279,7 +288,8 @@ def evaluate_sweeps(sweeps, runs_dir: Path = RUNS_DIR, out: Path = RESULTS_DIR, 
         write_json({"settings": settings, "command": command, "row": row}, cache)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    _write_rows(rows, out / "sweeps", command, {"budget": SWEEP_BUDGET, "n_grids": n_grids, "n_removal": n_removal})
+        table.append(row)
+    _write_rows(table, out / "sweeps", command, {"budget": SWEEP_BUDGET, "n_grids": n_grids, "n_removal": n_removal})
     return rows
 
 

@@ -293,10 +293,13 @@ def test_evaluate_sweeps_keeps_each_run_and_reuses_it(tmp_path, monkeypatch):
     tiny = dict(model="cifar10-tiny", model_overrides={}, epochs=1, batch_size=8, precision="fp32")
     runs = {"sweep-tiny-T100": dataclasses.replace(sweep_runs("rank")[run_name(rank_factor=4)], **tiny),
             "sweep-untrained-T100": dataclasses.replace(sweep_runs("rank")[run_name(rank_factor=16)], **tiny)}
-    monkeypatch.setattr("coda.sweeps.all_runs", lambda sweeps: runs)
+    other = {"sweep-other-T100": runs["sweep-tiny-T100"]}  # a trained run of another sweep
+    monkeypatch.setattr("coda.sweeps.all_runs", lambda sweeps: (runs if "rank" in sweeps else {})
+                        | (other if "depth" in sweeps else {}))
     monkeypatch.setattr("coda.sweeps.load_cifar10", lambda split, root=None: _tiny_data(20))
-    real_train(runs["sweep-tiny-T100"], tmp_path / "runs" / "sweep-tiny-T100", train_data=_tiny_data(16),
-               test_data=_tiny_data(8), progress=False)
+    for name in ("sweep-tiny-T100", "sweep-other-T100"):
+        real_train(runs["sweep-tiny-T100"], tmp_path / "runs" / name, train_data=_tiny_data(16),
+                   test_data=_tiny_data(8), progress=False)
     calls = []
 
     def fake_evaluate_model(model, test, n_grids, n_removal, seed=0):
@@ -311,9 +314,15 @@ def test_evaluate_sweeps_keeps_each_run_and_reuses_it(tmp_path, monkeypatch):
     again = evaluate_sweeps(["rank"], tmp_path / "runs", out, n_grids=3, n_removal=4, command="cmd")
     assert calls == [(3, 4)] and again == rows  # stored with the same settings: reused
     assert read_sweep_results(out)["rows"] == rows
+    # Another sweep: evaluated now, and the rank sweep's stored row stays in the table.
+    depth = evaluate_sweeps(["depth"], tmp_path / "runs", out, n_grids=3, n_removal=4, command="cmd")
+    assert calls == [(3, 4)] * 2 and [r["name"] for r in depth] == ["sweep-other-T100"]
+    assert [r["name"] for r in read_sweep_results(out)["rows"]] == ["sweep-tiny-T100", "sweep-other-T100"]
     evaluate_sweeps(["rank"], tmp_path / "runs", out, n_grids=5, n_removal=4)  # other sizes: recomputed
     evaluate_sweeps(["rank"], tmp_path / "runs", out, n_grids=5, n_removal=4, force=True)
-    assert calls == [(3, 4), (5, 4), (5, 4)]
+    assert calls == [(3, 4)] * 2 + [(5, 4)] * 2
+    # ...and the depth run, stored at other sizes, is left out rather than mixed in.
+    assert [r["name"] for r in read_sweep_results(out)["rows"]] == ["sweep-tiny-T100"]
 
 
 def test_evaluate_layers_scores_each_layer_once(monkeypatch):
