@@ -275,8 +275,11 @@ def _cpu_name() -> str:
 def model_card(entry: dict, notes: str = "") -> str:
     """The markdown model card of a manifest ``entry`` (see :func:`export_pretrained`)."""
     name = entry["file"].removesuffix(".pt")
+    mc = entry["model_config"]
+    kind = ("An all-conventional CNN (no CoDA layer)" if mc["stem_depth"] == len(mc["channels"])
+            else "A hybrid CoDA-Net (conventional stem, CoDA layers)" if mc["stem_depth"] else "A CoDA-Net")
     sections = [
-        f"# {name}\n\nA CoDA-Net for CIFAR-10, trained with `coda.train` and exported with "
+        f"# {name}\n\n{kind} for CIFAR-10, trained with `coda.train` and exported with "
         "`python -m coda.pretrained export`. Generated from the training checkpoint; do not edit by hand.",
         _summary_table(entry),
         _layer_table(entry["model_config"]),
@@ -298,7 +301,7 @@ def _summary_table(entry: dict) -> str:
         ("parameters", f"{entry['parameters']:,}"),
         ("temperature T", f"{mc['temperature']:g}"),
         ("ranks", ", ".join(r for r in _ranks(mc) if r != "-") or "- (no CoDA layers)"),
-        ("norm", mc["norm"]),
+        ("norm", mc["norm"] if mc["stem_depth"] < len(mc["channels"]) else "-"),
         ("test accuracy", _accuracy_text(entry)),
         ("training", _training_text(entry)),
         ("schedule", _schedule_text(tc)),

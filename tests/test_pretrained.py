@@ -116,6 +116,15 @@ def test_card_of_an_unfinished_run_says_so(tmp_path):
         assert text in card, text
 
 
+def test_card_says_what_kind_of_network_it_is(shipped):
+    entry = json.loads((shipped / "manifest.json").read_text())["models"][NAME]
+    assert P.model_card(entry).startswith(f"# {NAME}\n\nA CoDA-Net for CIFAR-10")
+    hybrid = CONFIGS["cifar10-tiny"].replace(stem_depth=2).to_dict()
+    assert "\n\nA hybrid CoDA-Net (conventional stem, CoDA layers) for" in P.model_card(entry | {"model_config": hybrid})
+    card = P.model_card(entry | {"model_config": CONFIGS["cifar10-cnn"].to_dict()})
+    assert "\n\nAn all-conventional CNN (no CoDA layer) for" in card and "| norm | - |" in card
+
+
 def test_card_layer_table_marks_the_conventional_stem():
     pure = CONFIGS["cifar10-9L-S"].replace(rank_factor=8).to_dict()
     hybrid = CONFIGS["cifar10-9L-S"].replace(rank_factor=8, stem_depth=3).to_dict()
@@ -128,8 +137,6 @@ def test_card_layer_table_marks_the_conventional_stem():
     table = P._layer_table(cnn)
     assert table.count("CoDA") == 0 and "| conv |" in table and "a CNN baseline" in table
     assert set(P._ranks(cnn)) == {"-"}
-
-
 def test_export_rejects_a_name_without_the_temperature(checkpoint, tmp_path):
     for bad in ("cifar10-tiny", "cifar10-tiny-T1000", "../escape-T100", "tiny T100"):
         with pytest.raises(ValueError, match="-T100"):
