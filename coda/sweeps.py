@@ -143,7 +143,7 @@ def _claim(folder: Path) -> bool:
     if lock.exists() and lock_holder(folder) is None:
         lock.unlink(missing_ok=True)  # stale: its process died (or was killed) while training
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
     with os.fdopen(fd, "w") as f:
