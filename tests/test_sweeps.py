@@ -154,17 +154,29 @@ def test_layer_explainer_scores_the_layer_contributions():
     assert result.scores.shape == (1, 4) and (result.scores >= 0).all() and (result.scores <= 1).all()
 
 
-def test_evaluate_model_on_pure_hybrid_and_cnn():
+def _confident_grids(model, data, n_grids, seed):
+    """Grids as if the model classified every image confidently (an untrained one does not)."""
+    from coda.evaluate import grids_from_logits
+
+    logits = 10 * torch.nn.functional.one_hot(data.labels, 10).float() - 5
+    return grids_from_logits(logits, data, n_grids, 3, seed)
+
+
+def test_evaluate_model_on_pure_hybrid_and_cnn(monkeypatch):
     from coda.sweeps import evaluate_model
 
+    monkeypatch.setattr("coda.sweeps.make_grids", _confident_grids)
     test = _tiny_data(20)
     for name, overrides, explained in [("cifar10-tiny", {}, "input"), ("cifar10-tiny", {"stem_depth": 2}, "layer 0"),
                                        ("cifar10-cnn", {}, "nothing")]:
         row = evaluate_model(build_model(name, **overrides).eval(), test, n_grids=2, n_removal=4)
         assert 0 <= row["test_accuracy"] <= 1 and row["explained_from"].startswith(explained)
-        # An untrained model is confident about no image, so there are no grids to score.
-        assert row["n_grids"] == 0
+        if explained == "nothing":  # no CoDA layer: accuracy only
+            assert row["n_grids"] == 0 and row["localisation_mean"] is None
+        else:
+            assert row["n_grids"] == 2 and 0 <= row["localisation_mean"] <= 1
         assert row["n_removal"] == (4 if explained == "input" else 0)
+        assert (row["removal_mean"] is None) == (explained != "input")
 
 
 def _row(name, model="cifar10-9L-S", temperature=1000.0, rank_factor=8, stem_depth=0, localisation=0.5):
@@ -326,14 +338,9 @@ def test_evaluate_sweeps_keeps_each_run_and_reuses_it(tmp_path, monkeypatch):
 
 
 def test_evaluate_layers_scores_each_layer_once(monkeypatch):
-    from coda.evaluate import grids_from_logits
     from coda.sweeps import evaluate_layers
 
-    def confident_grids(model, data, n_grids, seed):  # an untrained model classifies nothing confidently
-        logits = 10 * torch.nn.functional.one_hot(data.labels, 10).float() - 5
-        return grids_from_logits(logits, data, n_grids, 3, seed)
-
-    monkeypatch.setattr("coda.sweeps.make_grids", confident_grids)
+    monkeypatch.setattr("coda.sweeps.make_grids", _confident_grids)
     model = build_model("cifar10-tiny").eval()
     rows = evaluate_layers(model, _tiny_data(20), n_grids=1)
     assert [r["explained"] for r in rows] == ["input"] + [f"layer {i}" for i in range(1, len(model.layers))]
