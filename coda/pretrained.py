@@ -276,7 +276,7 @@ def model_card(entry: dict, notes: str = "") -> str:
     """The markdown model card of a manifest ``entry`` (see :func:`export_pretrained`)."""
     name = entry["file"].removesuffix(".pt")
     mc = entry["model_config"]
-    kind = ("An all-conventional CNN (no CoDA layer)" if mc["stem_depth"] == len(mc["channels"])
+    kind = ("An all-conventional CNN (no CoDA layer)" if not _n_coda_layers(mc)
             else "A hybrid CoDA-Net (conventional stem, CoDA layers)" if mc["stem_depth"] else "A CoDA-Net")
     sections = [
         f"# {name}\n\n{kind} for CIFAR-10, trained with `coda.train` and exported with "
@@ -301,7 +301,7 @@ def _summary_table(entry: dict) -> str:
         ("parameters", f"{entry['parameters']:,}"),
         ("temperature T", f"{mc['temperature']:g}"),
         ("ranks", ", ".join(r for r in _ranks(mc) if r != "-") or "- (no CoDA layers)"),
-        ("norm", mc["norm"] if mc["stem_depth"] < len(mc["channels"]) else "-"),
+        ("norm", mc["norm"] if _n_coda_layers(mc) else "-"),
         ("test accuracy", _accuracy_text(entry)),
         ("training", _training_text(entry)),
         ("schedule", _schedule_text(tc)),
@@ -352,6 +352,11 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
 
 
+def _n_coda_layers(mc: dict) -> int:
+    """How many of a model config's layers are CoDA layers (the rest form the conventional stem)."""
+    return len(mc["channels"]) - mc["stem_depth"]
+
+
 def _ranks(mc: dict) -> list[str]:
     """Each layer's rank as text; "-" for the layers of a conventional stem (they have none)."""
     return [
@@ -372,7 +377,7 @@ def _layer_table(mc: dict) -> str:
     ]
     lines = [head, "|---" * (n + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(map(str, values)) + " |" for label, values in rows]
-    if stem == n:
+    if not _n_coda_layers(mc):
         lines += ["", "All layers are conventional: a CNN baseline without contributions."]
     elif stem:
         first = f"The first {stem} layers are" if stem > 1 else "The first layer is"

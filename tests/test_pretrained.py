@@ -137,6 +137,8 @@ def test_card_layer_table_marks_the_conventional_stem():
     table = P._layer_table(cnn)
     assert table.count("CoDA") == 0 and "| conv |" in table and "a CNN baseline" in table
     assert set(P._ranks(cnn)) == {"-"}
+
+
 def test_export_rejects_a_name_without_the_temperature(checkpoint, tmp_path):
     for bad in ("cifar10-tiny", "cifar10-tiny-T1000", "../escape-T100", "tiny T100"):
         with pytest.raises(ValueError, match="-T100"):
