@@ -23,6 +23,7 @@ Run from the repository root::
     python -m benchmarks.bench_layers --quick             # seconds: does the script work?
     python -m benchmarks.bench_layers --steps 20 --json results/bench_layers.json
     python -m benchmarks.bench_layers --profile --batches 64 --dtypes fp32   # where the time goes
+    python -m benchmarks.bench_layers --keep-freed-memory   # both modes with coda.runtime.keep_freed_memory()
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import torch
 
 from coda import CoDAConv2d, build_model
 from coda.dau import dau_conv2d_materialised
+from coda.runtime import keep_freed_memory
 from coda.train import bce_loss
 
 MODES = ("factorised", "materialised")
@@ -61,6 +63,7 @@ class Spec:
     steps: int
     warmup: int
     threads: int | None
+    keep_freed_memory: bool = False
 
 
 class MaterialisedCoDAConv2d(CoDAConv2d):
@@ -109,7 +112,9 @@ def peak_rss_mb() -> float:
 
 
 def setup(spec: Spec) -> tuple:
-    """Threads, seed, the model (in ``spec.mode``), Adam and a random batch of ``spec``."""
+    """Allocator, threads, seed, the model (in ``spec.mode``), Adam and a random batch."""
+    if spec.keep_freed_memory:
+        keep_freed_memory()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     torch.manual_seed(0)
@@ -243,6 +248,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="call coda.runtime.keep_freed_memory() in every measured process (both modes)")
     p.add_argument("--quick", action="store_true", help="cifar10-tiny, batch 4, 1 step: a smoke test")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--profile", action="store_true",
@@ -263,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         for dtype in args.dtypes:
             for batch in args.batches:
                 for mode in args.modes:
-                    spec = Spec(args.model, mode, dtype, batch, args.image_size, 1, args.warmup, args.threads)
+                    spec = Spec(args.model, mode, dtype, batch, args.image_size, 1, args.warmup, args.threads,
+                                args.keep_freed_memory)
                     rows = profile_step(spec)
                     total = sum(r["seconds"] for r in rows)
                     print(f"\n{args.model}, {mode}, {dtype}, batch {batch}: one step, {total:.2f} s of self CPU time "
@@ -277,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batches:
             for mode in args.modes:
                 spec = Spec(
-                    args.model, mode, dtype, batch, args.image_size, args.steps, args.warmup, args.threads
+                    args.model, mode, dtype, batch, args.image_size, args.steps, args.warmup, args.threads,
+                    args.keep_freed_memory,
                 )
                 print(f"measuring {mode} {dtype} batch {batch} ...", file=sys.stderr, flush=True)
                 results.append(run_in_subprocess(spec))
@@ -285,12 +294,14 @@ def main(argv: list[str] | None = None) -> None:
     threads = results[0]["threads_used"] if results else None
     print(
         f"{args.model}, {args.steps} timed steps after {args.warmup} warm-up, torch {torch.__version__}, "
-        f"{threads} threads, {platform.processor() or platform.machine()}\n"
+        f"{threads} threads, {platform.processor() or platform.machine()}, "
+        f"C allocator: {'keep_freed_memory()' if args.keep_freed_memory else 'default'}\n"
     )
     print(markdown(results, ratios))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count()}
+        meta = {"torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+                "keep_freed_memory": args.keep_freed_memory}
         args.json.write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=2))
 
 

@@ -138,18 +138,59 @@ def dau_conv2d(
     # Channels-last makes the convolutions faster on CPU and lets every output position
     # be one row below: (P, channels) with P = N * H_out * W_out.
     x = x.contiguous(memory_format=torch.channels_last)
-    small = A if b is None else torch.cat([A, b])
-    za = F.conv2d(x, _channels_last(small), stride=stride, padding=padding)  # z = A x, b_j^T x
-    bx = F.conv2d(x, _channels_last(B.flatten(0, 1)), stride=stride, padding=padding)
-    n, _, h, w = bx.shape
+    small = _channels_last(A if b is None else torch.cat([A, b]))  # z = A x and b_j^T x
+    big = _channels_last(B.flatten(0, 1))  # B_j^T x
+    gram = _stacked_gram(B, b)
+    # The images are processed in groups whose (P, C_out * r) tensors stay at a few MB:
+    # large temporaries are mapped afresh by the C allocator at every step (page faults
+    # cost more than the arithmetic on them), small ones are reused.
+    h_out = (x.shape[2] + 2 * padding - A.shape[-1]) // stride + 1
+    w_out = (x.shape[3] + 2 * padding - A.shape[-1]) // stride + 1
+    group = max(1, _GROUP_ELEMENTS // (h_out * w_out * c_out * r))
+    outs = [
+        _dau_conv2d_group(xg, small, big, gram, r, b is not None, stride, padding, norm, detach_weights)
+        for xg in x.split(group)
+    ]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+# Elements of the largest per-group tensor (B_j^T x of every position): 16 MB in float32.
+_GROUP_ELEMENTS = 1 << 22
+
+
+def _dau_conv2d_group(
+    x: torch.Tensor,
+    small: torch.Tensor,
+    big: torch.Tensor,
+    gram: torch.Tensor,
+    r: int,
+    has_bias: bool,
+    stride: int,
+    padding: int,
+    norm: str,
+    detach_weights: bool,
+) -> torch.Tensor:
+    """:func:`dau_conv2d` on one group of images, with the weights already laid out.
+
+    x : (N, C_in, H, W) channels-last; small : (r [+ C_out], C_in, k, k), ``A`` [and ``b``];
+    big : (C_out * r, C_in, k, k), ``B``; gram : (m, C_out * m) from :func:`_stacked_gram`.
+    Returns (N, C_out, H_out, W_out).
+    """
+    za = F.conv2d(x, small, stride=stride, padding=padding)
+    bx = F.conv2d(x, big, stride=stride, padding=padding)
+    n, c_out_r, h, w = bx.shape
+    c_out = c_out_r // r
     za = _rows(za)  # (P, r + C_out)
     z = za[:, :r]
     bx = _rows(bx).unflatten(1, (c_out, r))  # (P, C_out, r): B_j^T x
     z_w = z.detach() if detach_weights else z
-    dot = torch.bmm(bx, z_w.unsqueeze(-1)).squeeze(-1)  # w_j^T x, (P, C_out)
-    if b is not None:
+    dot = _RowDot.apply(bx, z_w)  # w_j^T x, (P, C_out)
+    if has_bias:
         dot = dot + za[:, r:]
-    alpha = norm_factor(_weight_norm_sq(z, B, b), norm)  # (P, C_out)
+        z = torch.cat([z, torch.ones_like(z[:, :1])], 1)  # z1 = [z, 1], (P, r + 1)
+    norm_sq, _ = _QuadraticForms.apply(z, gram.to(z.dtype))  # ||w_j||^2, (P, C_out)
+    # Rounding can make a (mathematically >= 0) tiny result negative.
+    alpha = norm_factor(norm_sq.clamp_min(0.0), norm)
     if detach_weights:
         alpha = alpha.detach()
     return (dot * alpha).reshape(n, h, w, c_out).permute(0, 3, 1, 2)
@@ -164,24 +205,104 @@ def _rows(y: torch.Tensor) -> torch.Tensor:
     return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
 
 
-def _weight_norm_sq(z: torch.Tensor, B: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """``||w_j||^2 = ||B_j z + b_j||^2`` through the r x r Gram matrices.
+def _stacked_gram(B: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """The Gram matrices of the dynamic weights, side by side: (m, C_out * m).
 
-    z : (P, r) rows of ``A x``; returns (P, C_out). With ``z1 = [z, 1]`` and
-    ``M_j = [B_j, b_j]``: ``||w_j||^2 = z1^T (M_j^T M_j) z1``, one matmul and one
-    batched dot product, ``C_out * (r + 1)^2`` multiply-adds per position.
+    With ``z1 = [z, 1]`` and ``M_j = [B_j, b_j]`` (``z`` and ``B_j`` alone without bias,
+    m = r + 1 or r): ``||w_j||^2 = ||M_j z1||^2 = z1^T G_j z1`` with ``G_j = M_j^T M_j``,
+    so the norms of all ``C_out`` weights at a position cost ``C_out * m^2`` multiply-adds
+    instead of ``C_out * C_in * k^2 * r``. Block ``j`` of the result is ``G_j``.
     """
-    c_out, r = B.shape[:2]
+    c_out = B.shape[0]
     M = B.flatten(2)  # (C_out, r, d): rows are the columns of B_j
     if b is not None:
         M = torch.cat([M, b.flatten(1).unsqueeze(1)], 1)  # (C_out, r + 1, d)
-        z = torch.cat([z, torch.ones_like(z[:, :1])], 1)  # (P, r + 1)
     m = M.shape[1]
-    gram = (M @ M.transpose(1, 2)).transpose(0, 1).reshape(m, c_out * m)  # (m, C_out * m)
-    gz = (z @ gram.to(z.dtype)).unflatten(1, (c_out, m))  # (P, C_out, m)
-    norm_sq = torch.bmm(gz, z.unsqueeze(-1).to(gz.dtype)).squeeze(-1)
-    # Rounding can make a (mathematically >= 0) tiny result negative.
-    return norm_sq.clamp_min(0.0)
+    return (M @ M.transpose(1, 2)).transpose(0, 1).reshape(m, c_out * m)
+
+
+class _RowDot(torch.autograd.Function):
+    """``out[p, j] = u[p, j, :] . v[p, :]``: u (P, C, m), v (P, m) -> (P, C).
+
+    Autograd's backward of the equivalent ``bmm`` builds ``grad_u`` as a batch of
+    (C x 1) @ (1 x m) matrix products; here it is one broadcast multiply.
+    """
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = torch.bmm(u, v.unsqueeze(-1)).squeeze(-1)  # autocast may compute in bf16
+        ctx.save_for_backward(u, v)
+        ctx.compute_dtype = out.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        u, v = ctx.saved_tensors
+        g, uc, vc = (t.to(ctx.compute_dtype) for t in (grad_out, u, v))
+        grad_u = grad_v = None
+        if ctx.needs_input_grad[0]:
+            grad_u = (g.unsqueeze(-1) * vc.unsqueeze(1)).to(u.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_v = torch.bmm(g.unsqueeze(1), uc).squeeze(1).to(v.dtype)
+        return grad_u, grad_v
+
+
+class _QuadraticForms(torch.autograd.Function):
+    """``q[p, j] = z[p]^T G_j z[p]`` for symmetric ``G_j``, and ``Gz[p, j] = G_j z[p]``.
+
+    z : (P, m); gram : (m, C * m) with ``gram[:, j*m:(j+1)*m] = G_j``.
+    Returns q (P, C) and Gz (P, C, m).
+
+    Because ``G_j`` is symmetric, ``dq/dz = 2 G_j z`` is read off the saved ``Gz``
+    instead of being recomputed by a second (P x Cm) @ (Cm x m) matrix product, which is
+    what autograd does for ``bmm(z @ gram, z)``. ``Gz`` is returned (and used by the
+    backward) only so that second derivatives stay exact; callers ignore it.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, gram: torch.Tensor):
+        m = z.shape[1]
+        gz = (z @ gram).unflatten(1, (-1, m))  # autocast may compute in bf16
+        q = torch.bmm(gz, z.to(gz.dtype).unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(z, gram, gz)
+        ctx.set_materialize_grads(False)
+        return q, gz
+
+    @staticmethod
+    def backward(ctx, grad_q: torch.Tensor | None, grad_gz: torch.Tensor | None):
+        z, gram, gz = ctx.saved_tensors
+        zc = z.to(gz.dtype)
+        grad_z = torch.zeros_like(zc)
+        grad_gram = torch.zeros_like(gram, dtype=gz.dtype)
+        if grad_q is not None:
+            g = grad_q.to(gz.dtype)
+            grad_z = grad_z + 2 * torch.bmm(g.unsqueeze(1), gz).squeeze(1)
+            grad_gram = grad_gram + _weighted_outer_sum(zc, g)
+        if grad_gz is not None:  # only in second derivatives: Gz = z @ gram
+            g = grad_gz.to(gz.dtype).flatten(1)
+            grad_z = grad_z + g @ gram.to(gz.dtype).T
+            grad_gram = grad_gram + zc.T @ g
+        return grad_z.to(z.dtype), grad_gram.to(gram.dtype)
+
+
+# Rows per block in _weighted_outer_sum: keeps its (rows, C * m) temporary at a few MB, so
+# the allocator reuses it instead of mapping fresh pages for a (P, C * m) tensor.
+_BLOCK_ELEMENTS = 1 << 21
+
+
+def _weighted_outer_sum(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``out[a, j*m + b] = sum_p z[p, a] g[p, j] z[p, b]``: z (P, m), g (P, C) -> (m, C * m).
+
+    The gradient of ``sum_p g[p, j] z[p]^T G_j z[p]`` w.r.t. the stacked ``G_j``, summed
+    block by block over rows so that ``g[p, j] z[p, b]`` never exists for all rows at once.
+    """
+    (n_rows, m), c = z.shape, g.shape[1]
+    block = max(1, _BLOCK_ELEMENTS // (c * m))
+    out = z.new_zeros(m, c * m)
+    for start in range(0, n_rows, block):
+        zb, gb = z[start : start + block], g[start : start + block]
+        out = out.addmm(zb.T, (gb.unsqueeze(-1) * zb.unsqueeze(1)).flatten(1))
+    return out
 
 
 def dau_conv2d_materialised(

@@ -107,6 +107,46 @@ def test_gradcheck(norm, stride, padding):
     assert torch.autograd.gradcheck(f, (x, A, B, b))
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_second_derivatives_are_exact(bias):
+    """The hand-written backward passes are themselves differentiable (jvp, Hessians)."""
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    A, B, b = conv_params(c_in=2, c_out=2, k=3, r=2, bias=bias)
+    params = [t.requires_grad_() for t in (A, B) + ((b,) if bias else ())]
+
+    def f(x, A, B, *b):
+        return F_dau.dau_conv2d(x, A, B, b[0] if b else None, padding=1)
+
+    assert torch.autograd.gradgradcheck(f, (x, *params))
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_image_groups_give_the_same_values_and_gradients(monkeypatch, bias):
+    """``dau_conv2d`` splits large batches into groups of images; the split is invisible."""
+    x = torch.randn(5, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    params = [t.requires_grad_() for t in conv_params(bias=bias) if t is not None]
+    b = params[2] if bias else None
+
+    def run():
+        out = F_dau.dau_conv2d(x, params[0], params[1], b, padding=1)
+        grads = torch.autograd.grad(out.pow(2).sum(), [x, *params])
+        return out, grads
+
+    whole, whole_grads = run()
+    monkeypatch.setattr(F_dau, "_GROUP_ELEMENTS", 2 * 36 * 4 * 5)  # 2 images per group: 2 + 2 + 1
+    grouped, grouped_grads = run()
+    assert_close(grouped, whole)
+    for g, w in zip(grouped_grads, whole_grads):
+        assert_close(g, w)
+
+
+def test_weighted_outer_sum_matches_einsum_across_blocks(monkeypatch):
+    z, g = torch.randn(11, 4, dtype=torch.float64), torch.randn(11, 3, dtype=torch.float64)
+    monkeypatch.setattr(F_dau, "_BLOCK_ELEMENTS", 3 * 4 * 4)  # 4 rows per block: 4 + 4 + 3
+    expected = torch.einsum("pa,pj,pb->ajb", z, g, z).reshape(4, 12)
+    assert_close(F_dau._weighted_outer_sum(z, g), expected)
+
+
 @pytest.mark.parametrize("fn", CONV_FUNCTIONS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("norm", F_dau.NORMS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
