@@ -1,15 +1,13 @@
 """Training throughput of a CoDA-Net: fp32 against bf16 autocast, in images per second.
 
 Times full training steps (forward, BCE loss, backward, Adam) on random images, as
-``coda.train`` runs them (with ``coda.runtime.keep_freed_memory()``, as its command line
-does; ``--default-malloc`` leaves glibc's allocator alone), and prints a markdown table
-with the implied time per CIFAR-10 epoch (50,000 images) and the ratio bf16 / fp32
-measured in this run. Run by hand from the repository root::
+``coda.train`` runs them, and prints a markdown table with the implied time per CIFAR-10 epoch
+(50,000 images) and the ratio bf16 / fp32 measured in this run. Run by hand from the
+repository root::
 
     python -m benchmarks.bench_training                   # the teaching model, rank factor 8
     python -m benchmarks.bench_training --rank-factor 32  # the paper's full-rank model
     python -m benchmarks.bench_training --quick           # cifar10-tiny, 2 steps: a smoke test
-    python -m benchmarks.bench_training --default-malloc  # without keep_freed_memory()
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import time
 import torch
 
 from coda.models import build_model
-from coda.runtime import keep_freed_memory
 from coda.train import autocast, bce_loss
 
 EPOCH_IMAGES = 50_000
@@ -65,9 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="cifar10-tiny, 2 steps after 1 warm-up: a smoke test")
-    p.add_argument("--default-malloc", action="store_true", help="do not call coda.runtime.keep_freed_memory()")
     a = p.parse_args(argv)
-    allocator = "default" if a.default_malloc or not keep_freed_memory() else "keep_freed_memory()"
     if a.quick:
         a.model, a.rank_factor, a.temperature, a.steps, a.warmup = "cifar10-tiny", 8, 100.0, 2, 1
     device = torch.device(a.device)
@@ -79,8 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(
         f"{a.model}, rank factor {a.rank_factor}, {params:,} parameters, batch {a.batch}, "
-        f"{a.steps} timed steps after {a.warmup} warm-up, {device.type}, {torch.get_num_threads()} threads, "
-        f"C allocator: {allocator}\n"
+        f"{a.steps} timed steps after {a.warmup} warm-up, {device.type}, {torch.get_num_threads()} threads\n"
     )
     print("| precision | images/s | time per epoch (50,000 images) |\n|---|---|---|")
     for prec, rate in rates.items():

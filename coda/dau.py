@@ -20,7 +20,9 @@ two numbers per unit and position, never the ``d``-dimensional weight itself
 
 ``dau_conv2d`` computes exactly this with ordinary convolutions. ``dau_conv2d_materialised``
 is the straightforward formula (build every ``w_j`` at every position); it is the
-reference the fast version is benchmarked against.
+reference the fast version is benchmarked against. The quadratic forms ``z1^T G_j z1``
+have a hand-written backward pass that avoids a matrix product autograd would repeat; it
+is exact to second order (gradgradcheck).
 
 Parameter layout used throughout the package (chosen so that reshapes are free):
 
@@ -184,7 +186,7 @@ def _dau_conv2d_group(
     z = za[:, :r]
     bx = _rows(bx).unflatten(1, (c_out, r))  # (P, C_out, r): B_j^T x
     z_w = z.detach() if detach_weights else z
-    dot = _RowDot.apply(bx, z_w)  # w_j^T x, (P, C_out)
+    dot = torch.bmm(bx, z_w.unsqueeze(-1)).squeeze(-1)  # w_j^T x, (P, C_out)
     if has_bias:
         dot = dot + za[:, r:]
         z = torch.cat([z, torch.ones_like(z[:, :1])], 1)  # z1 = [z, 1], (P, r + 1)
@@ -219,32 +221,6 @@ def _stacked_gram(B: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         M = torch.cat([M, b.flatten(1).unsqueeze(1)], 1)  # (C_out, r + 1, d)
     m = M.shape[1]
     return (M @ M.transpose(1, 2)).transpose(0, 1).reshape(m, c_out * m)
-
-
-class _RowDot(torch.autograd.Function):
-    """``out[p, j] = u[p, j, :] . v[p, :]``: u (P, C, m), v (P, m) -> (P, C).
-
-    Autograd's backward of the equivalent ``bmm`` builds ``grad_u`` as a batch of
-    (C x 1) @ (1 x m) matrix products; here it is one broadcast multiply.
-    """
-
-    @staticmethod
-    def forward(ctx, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = torch.bmm(u, v.unsqueeze(-1)).squeeze(-1)  # autocast may compute in bf16
-        ctx.save_for_backward(u, v)
-        ctx.compute_dtype = out.dtype
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        u, v = ctx.saved_tensors
-        g, uc, vc = (t.to(ctx.compute_dtype) for t in (grad_out, u, v))
-        grad_u = grad_v = None
-        if ctx.needs_input_grad[0]:
-            grad_u = (g.unsqueeze(-1) * vc.unsqueeze(1)).to(u.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_v = torch.bmm(g.unsqueeze(1), uc).squeeze(1).to(v.dtype)
-        return grad_u, grad_v
 
 
 class _QuadraticForms(torch.autograd.Function):
@@ -298,10 +274,11 @@ def _weighted_outer_sum(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """
     (n_rows, m), c = z.shape, g.shape[1]
     block = max(1, _BLOCK_ELEMENTS // (c * m))
-    out = z.new_zeros(m, c * m)
+    out = z.new_zeros(m, c * m, dtype=torch.promote_types(z.dtype, torch.float32))  # bf16 sums in fp32
     for start in range(0, n_rows, block):
         zb, gb = z[start : start + block], g[start : start + block]
-        out = out.addmm(zb.T, (gb.unsqueeze(-1) * zb.unsqueeze(1)).flatten(1))
+        outer = torch.bmm(gb.unsqueeze(-1), zb.unsqueeze(1)).flatten(1)  # g[p, j] z[p, b], (rows, C * m)
+        out = out + (zb.T @ outer).to(out.dtype)
     return out
 
 

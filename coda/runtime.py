@@ -1,14 +1,14 @@
-"""Process-wide settings for faster CPU training. Opt-in: nothing here runs at import.
+"""Process-wide C-allocator setting for CPU benchmarks. Opt-in: nothing here runs at import.
 
-A training step of a CoDA-Net allocates tensors of tens to hundreds of MB (the
-``(positions, C_out * r)`` products of every layer and their gradients) and frees them
-before the next step. glibc's ``malloc`` serves blocks above 32 MB with a fresh ``mmap``
-and returns them to the kernel on ``free``, so every step page-faults all of that memory
-in again, which on this project's 2-core machine cost about a quarter of a float32 step
-and a third of a bfloat16 step (``python -m benchmarks.bench_layers --keep-freed-memory``
-measures it). :func:`keep_freed_memory` tells ``malloc`` to keep freed memory for reuse.
-The command-line trainers (``python -m coda.train``, ``python -m coda.sweeps``) call it;
-library functions never do, because it changes the whole process.
+glibc's ``malloc`` serves every block above 32 MB with a fresh ``mmap`` and unmaps it again
+on ``free``, so a training step whose temporaries are hundreds of MB page-faults all of that
+memory in again at every step. The straightforward (materialised) CoDA layer builds
+``C_out * C_in * k^2`` weights per position and spends most of its step on exactly that:
+:func:`keep_freed_memory` makes it 2-3x faster on this project's machine, at about twice
+the peak memory (``python -m benchmarks.bench_layers --keep-freed-memory``). The package's
+own layer keeps its temporaries small (``coda.dau.dau_conv2d`` works on groups of images)
+and gains little from it, so the package never calls it; the benchmark offers it so that
+both layers can be compared with and without it.
 """
 
 from __future__ import annotations

@@ -43,7 +43,6 @@ import torch
 from coda.checkpoint import load_checkpoint, write_json, write_text
 from coda.data import PROJECT_ROOT, load_cifar10
 from coda.evaluate import localisation_scores, make_grids, pixel_removal
-from coda.runtime import keep_freed_memory
 from coda.explain import contributions
 from coda.explainers import Explainer
 from coda.models import CoDANet
@@ -515,13 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     layers.add_argument("--layers", type=int, nargs="+", help="CoDA layer indices (default: all)")
     layers.add_argument("--n-grids", type=int, default=EVAL_SIZES["n_grids"])
     layers.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
-    for sp in (t, e, layers):
-        sp.add_argument("--default-malloc", action="store_true",
-                        help="leave the C allocator as it is (default: coda.runtime.keep_freed_memory())")
     a = p.parse_args(argv)
     command = "python -m coda.sweeps " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if a.command in ("train", "evaluate", "layers") and not a.default_malloc:
-        keep_freed_memory()
     if a.command == "train":
         train_sweeps(a.sweeps, a.runs_dir, a.data, a.device)
     elif a.command == "evaluate":

@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 from coda.checkpoint import load_checkpoint, save_checkpoint
 from coda.data import ImageDataset, augment, load_cifar10, to_float
 from coda.models import CoDANet, build_model
-from coda.runtime import keep_freed_memory
 
 SCHEDULES = ("paper", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -309,8 +308,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
     p.add_argument("--save-every", type=int, default=200, help="optimiser steps between checkpoints")
-    p.add_argument("--default-malloc", action="store_true",
-                   help="leave the C allocator as it is (default: coda.runtime.keep_freed_memory())")
     return p
 
 
@@ -359,8 +356,6 @@ def _cli_value(value) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     cfg, a = config_from_args(argv)
-    if not a.default_malloc:
-        keep_freed_memory()
     Path(a.out).mkdir(parents=True, exist_ok=True)
     train(cfg, a.out, device=a.device, data_root=a.data, save_every=a.save_every, progress=True)
 
