@@ -17,8 +17,9 @@ import time
 
 import torch
 
+from coda.inference import autocast
 from coda.models import build_model
-from coda.train import autocast, bce_loss
+from coda.train import bce_loss
 
 EPOCH_IMAGES = 50_000
 

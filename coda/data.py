@@ -155,15 +155,17 @@ def load_tinyimagenet(root: str | os.PathLike, split: str = "train") -> ImageDat
 def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     """The paper's augmentation on a batch: random crop with zero padding, horizontal flip.
 
-    images : (B, C, H, W), any dtype, on any device; ``generator`` on the same device.
+    images : (B, C, H, W), any dtype, on any device. The random offsets and flips are drawn
+    on ``generator``'s device (the trainer keeps a CPU generator, so a run draws the same
+    augmentation on a CPU and a GPU) and moved to the images' device.
     Returns a new (B, C, H, W) tensor; the same generator state gives the same result.
     """
     b, c, h, w = images.shape
     dev = images.device
     padded = F.pad(images, (padding,) * 4)
-    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
-    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
-    flip = torch.rand(b, generator=generator, device=dev) < 0.5
+    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=generator.device).to(dev)
+    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=generator.device).to(dev)
+    flip = (torch.rand(b, generator=generator, device=generator.device) < 0.5).to(dev)
     rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]
     cols = (left[:, None] + torch.arange(w, device=dev))
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]

@@ -45,8 +45,8 @@ from tqdm.auto import tqdm
 from coda.checkpoint import load_checkpoint, save_checkpoint, sha256, write_json, write_text
 from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10, to_float
 from coda.explainers import EXPLAINERS, Explainer, get_explainer
+from coda.inference import predict
 from coda.models import CoDANet
-from coda.train import predict
 
 # The paper's numbers (CIFAR-10, 9L-S, T = 1000 unless stated), METHOD.md section 5, keyed by
 # the names of coda.explainers.EXPLAINERS. Reference data from the authors' result files,
@@ -890,13 +890,13 @@ def markdown_table(folder: str | os.PathLike) -> str:
              "| Ours, same images | published | CPU s per attribution (threads) | x Ours |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in methods:
-        l, r, t = loc.get(m), rem.get(m), timing.get(m)
+        loc_m, r, t = loc.get(m), rem.get(m), timing.get(m)
         cpu = None if t is None else float(t["cpu_seconds_per_attribution"])
         ratio = f"{cpu / float(timing['coda']['cpu_seconds_per_attribution']):.1f}" if cpu and "coda" in timing else "-"
         lines.append("| " + " | ".join([
             f"{labels[m]} (`{m}`)",
-            "-" if l is None else f"{l['mean']:.3f} ({l['median']:.3f})", "-" if l is None else f"{l['n_grids']:,}",
-            number(ours_loc.get(m)) if l is not None else "-", published_loc(m),
+            "-" if loc_m is None else f"{loc_m['mean']:.3f} ({loc_m['median']:.3f})", "-" if loc_m is None else f"{loc_m['n_grids']:,}",
+            number(ours_loc.get(m)) if loc_m is not None else "-", published_loc(m),
             number(None if r is None else r["mean"]), "-" if r is None else f"{r['n_images']:,}",
             number(ours_rem.get(m)) if r is not None else "-", number(PUBLISHED["removal_mean"].get(m)),
             "-" if cpu is None else f"{cpu:.3g} ({t['threads']})", ratio]) + " |")

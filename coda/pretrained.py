@@ -33,14 +33,17 @@ import torch
 
 from coda.checkpoint import load_checkpoint, save_checkpoint, sha256, write_json, write_text
 from coda.data import PROJECT_ROOT, load_cifar10
+from coda.hardware import cpu_info
+from coda.inference import evaluate_accuracy
 from coda.models import CoDANet, CoDANetConfig
-from coda.train import TrainConfig, evaluate_accuracy, train_command
+from coda.train import TrainConfig, train_command
 
 PRETRAINED_DIR = PROJECT_ROOT / "data" / "pretrained"
 MANIFEST = "manifest.json"
 FORMAT = 1
 PRECISION_TEXT = {
-    "auto": "precision auto (bf16 autocast on CPU, mixed precision on CUDA)",
+    # What "auto" meant for runs whose history does not record the precision that ran.
+    "auto": "precision auto (bf16 autocast on every CPU, as 'auto' meant before 2026-12)",
     "fp32": "fp32",
     "bf16": "bf16 autocast",
     "fp16": "fp16 autocast",
@@ -256,17 +259,8 @@ def _manifest_entry(ckpt: dict, name: str, path: Path, model: CoDANet, metrics: 
 
 def describe_machine() -> str:
     """A one-line description of this machine (for model cards)."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_info().describe()
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {device}, torch {torch.__version__}"
-
-
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "CPU"
 
 
 # ----- the model card ----------------------------------------------------------------------
@@ -331,11 +325,25 @@ def _training_text(entry: dict) -> str:
         done = f"{entry['epochs']} of {tc['epochs']} planned epochs (stopped early)"
     subset = f" on the first {tc['train_subset']:,} images" if tc["train_subset"] else ""
     aug = "random crop (pad 4) + horizontal flip" if tc["augment"] else "no augmentation"
-    precision = PRECISION_TEXT.get(tc["precision"], tc["precision"])
+    precision = _precision_text(tc["precision"], entry["history"])
     return (
         f"{done}{subset}, batch {tc['batch_size']} (accumulate {tc['accumulate']}), "
         f"{precision}, {aug}, seed {tc['seed']}"
     )
+
+
+def _precision_text(requested: str, history: list[dict]) -> str:
+    """The precision asked for and, where the history records it, what ran in which epochs."""
+    ran = [row.get("precision") for row in history]
+    if not ran or None in ran:
+        return PRECISION_TEXT.get(requested, requested)
+    spans, start = [], 1
+    for i in range(1, len(ran) + 1):
+        if i == len(ran) or ran[i] != ran[start - 1]:
+            epochs = f"epoch {start}" if i == start else f"epochs {start}-{i}"
+            spans.append(f"{PRECISION_TEXT[ran[start - 1]]} ({epochs})")
+            start = i + 1
+    return f"precision {requested}: ran " + ", ".join(spans)
 
 
 def _schedule_text(tc: dict) -> str:

@@ -45,8 +45,9 @@ from coda.data import PROJECT_ROOT, load_cifar10
 from coda.evaluate import localisation_scores, make_grids, pixel_removal
 from coda.explain import contributions
 from coda.explainers import Explainer
+from coda.inference import evaluate_accuracy
 from coda.models import CoDANet
-from coda.train import TrainConfig, evaluate_accuracy, train
+from coda.train import TrainConfig, train
 
 SWEEP_BUDGET = dict(epochs=5, batch_size=64, lr=1e-3, schedule="cosine", warmup_epochs=0.5, seed=0)
 TEMPERATURES = (10, 100, 1000, 5000)

@@ -12,9 +12,7 @@ A resumed run ends bit-identical to an uninterrupted one: the shuffling order co
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import json
 import math
 import shlex
 import time
@@ -26,10 +24,11 @@ from tqdm.auto import tqdm
 
 from coda.checkpoint import load_checkpoint, save_checkpoint
 from coda.data import ImageDataset, augment, load_cifar10, to_float
+from coda.hardware import PRECISIONS, resolve_precision, warn_if_emulated
+from coda.inference import autocast, evaluate_accuracy, predict  # noqa: F401  (re-exported)
 from coda.models import CoDANet, build_model
 
 SCHEDULES = ("paper", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHECKPOINT_FORMAT = 1
 
 
@@ -43,8 +42,14 @@ class TrainConfig:
     lr : Adam's learning rate (the peak, for "cosine").
     schedule : "paper" (lr / 1.5 every 30 epochs) or "cosine" (linear warm-up over
         ``warmup_epochs``, then cosine decay to 0 at the last step).
-    precision : "auto" (bf16 autocast on CPU, AMP on CUDA), "fp32", "bf16" or "fp16".
+    precision : "auto", "fp32", "bf16" or "fp16". "auto" is resolved on the machine that
+        trains (:func:`coda.hardware.resolve_precision`): bf16 autocast on a CPU with native
+        bf16, float32 on other CPUs, bf16 or fp16 autocast on CUDA. A run resumed on another
+        machine may so run another precision; each epoch's history records the one that ran.
     train_subset, test_subset : use only the first N images (smoke runs).
+    init_from : the name of a shipped model (``coda.list_pretrained()``) whose weights start
+        the run instead of a random initialisation (a fresh optimiser); it must have the
+        same architecture as ``model`` with ``model_overrides``.
     """
 
     model: str = "cifar10-9L-S"
@@ -60,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     train_subset: int | None = None
     test_subset: int | None = None
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -89,51 +95,10 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy on one-hot targets (one sigmoid per class), as in the paper."""
     targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
     return F.binary_cross_entropy_with_logits(logits, targets)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500, precision: str = "fp32") -> torch.Tensor:
-    """Logits (N, classes) of uint8 or float images (N, 3, H, W), in batches, model in eval mode."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        out = []
-        for i in range(0, images.shape[0], batch_size):
-            x = images[i : i + batch_size].to(device)
-            x = to_float(x) if x.dtype == torch.uint8 else x
-            with autocast(device, precision):
-                out.append(model(x).float().cpu())
-        return torch.cat(out)
-    finally:
-        model.train(was_training)
-
-
-def evaluate_accuracy(model: torch.nn.Module, data: ImageDataset, batch_size: int = 500, precision: str = "fp32") -> dict:
-    """Accuracy and per-class accuracy of ``model`` on ``data``.
-
-    Returns ``{"accuracy": float, "per_class": {name: float}, "n": int}``.
-    """
-    pred = predict(model, data.images, batch_size, precision).argmax(1)
-    correct = pred == data.labels
-    per_class = {
-        name: correct[data.labels == c].float().mean().item() for c, name in enumerate(data.classes)
-    }
-    return {"accuracy": correct.float().mean().item(), "per_class": per_class, "n": len(data)}
 
 
 def _epoch_generator(cfg: TrainConfig, epoch: int) -> torch.Generator:
@@ -144,16 +109,33 @@ def _new_state(cfg: TrainConfig, device: torch.device) -> dict:
     with torch.random.fork_rng(devices=[]):  # seed the initialisation, leave the caller's RNG alone
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, **cfg.model_overrides).to(device)
+    if cfg.init_from is not None:
+        _init_from_shipped(model, cfg.init_from)
     return {"model": model, "optimizer": torch.optim.Adam(model.parameters(), lr=cfg.lr),
-            "epoch": 0, "step": 0, "history": [], "wall_time": 0.0,
-            "generator": _epoch_generator(cfg, 0).get_state()}
+            "epoch": 0, "step": 0, "history": [], "wall_time": 0.0, "cpu_time": 0.0,
+            "generator": _epoch_generator(cfg, 0).get_state(), "epoch_sums": _zero_sums()}
+
+
+def _init_from_shipped(model: CoDANet, name: str) -> None:
+    from coda.pretrained import load_pretrained  # the registry imports this module
+
+    start = load_pretrained(name)
+    if start.config != model.config:
+        raise ValueError(f"init_from={name!r} is a {start.config} model, not the {model.config} being trained")
+    model.load_state_dict(start.state_dict())
+
+
+def _zero_sums() -> dict:
+    """Running sums of the epoch in progress, saved with mid-epoch checkpoints so that a
+    resumed epoch's history covers all of its steps: images seen, summed BCE, correct."""
+    return {"seen": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0}
 
 
 def _load_state(cfg: TrainConfig, path: Path, device: torch.device) -> dict:
     ckpt = load_checkpoint(path)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-    if ckpt["config"] != cfg.to_dict():
+    if TrainConfig(**ckpt["config"]).to_dict() != cfg.to_dict():  # fields added later take their defaults
         raise ValueError(
             f"{path} was written by a different training config; resume with the same one "
             f"or choose another --out.\n  checkpoint: {ckpt['config']}\n  now:        {cfg.to_dict()}"
@@ -163,6 +145,8 @@ def _load_state(cfg: TrainConfig, path: Path, device: torch.device) -> dict:
     state["optimizer"].load_state_dict(ckpt["optimizer"])
     for key in ("epoch", "step", "history", "wall_time", "generator"):
         state[key] = ckpt[key]
+    state["cpu_time"] = ckpt.get("cpu_time", 0.0)
+    state["epoch_sums"] = ckpt.get("epoch_sums", _zero_sums())  # absent in checkpoints before 2026-12
     return state
 
 
@@ -172,7 +156,8 @@ def _save_state(state: dict, cfg: TrainConfig, path: Path) -> None:
         {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model_config": model.config.to_dict(),
          "model": model.state_dict(), "optimizer": state["optimizer"].state_dict(),
          "epoch": state["epoch"], "step": state["step"], "history": state["history"],
-         "wall_time": state["wall_time"], "generator": state["generator"]},
+         "wall_time": state["wall_time"], "cpu_time": state["cpu_time"], "generator": state["generator"],
+         "epoch_sums": state["epoch_sums"]},
         path,
     )
 
@@ -210,21 +195,29 @@ def train(
 
     path = Path(out) / "last.pt" if out is not None else None
     state = _load_state(cfg, path, device) if path is not None and path.exists() else _new_state(cfg, device)
+    precision, reason = resolve_precision(cfg.precision, device)
+    warn_if_emulated(precision, device)
+    if progress:
+        print(f"precision: {precision} ({reason})", flush=True)
     model, opt = state["model"], state["optimizer"]
-    scaler = torch.amp.GradScaler(device.type, enabled=_uses_fp16(cfg, device))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     images_all = train_data.images.to(device)
     labels_all = train_data.labels.to(device)
     steps_this_call = 0
-    clock = time.perf_counter()  # wall time of this call not yet added to state["wall_time"]
+    clock = _Clock(state)  # wall and CPU time of this call not yet added to the state
     model.train()
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
         order = torch.randperm(len(train_data), generator=_epoch_generator(cfg, epoch))
-        gen = torch.Generator(device=device)
+        gen = torch.Generator()  # augmentation draws on the CPU: the same run on any device
         gen.set_state(state["generator"])
         bar = tqdm(range(state["step"], steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False, mininterval=5)
-        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        sums = state["epoch_sums"]
+        # Summed on the device, read only at checkpoints: no host-device sync per step.
+        loss_sum = torch.tensor(sums["loss_sum"], dtype=torch.float64, device=device)
+        correct = torch.tensor(sums["correct"], device=device)
+        seen, t0 = sums["seen"], time.perf_counter() - sums["seconds"]
         for step in bar:
             lr = learning_rate(cfg, epoch * steps_per_epoch + step, steps_per_epoch)
             for group in opt.param_groups:
@@ -236,42 +229,46 @@ def train(
             y = labels_all[idx]
             opt.zero_grad(set_to_none=True)
             for xb, yb in zip(x.chunk(cfg.accumulate), y.chunk(cfg.accumulate), strict=True):
-                with autocast(device, cfg.precision):
+                with autocast(device, precision):
                     logits = model(xb)
                 loss = bce_loss(logits.float(), yb)
                 scaler.scale(loss / cfg.accumulate).backward()
-                loss_sum += loss.item() * len(yb)
-                correct += (logits.argmax(1) == yb).sum().item()
+                loss_sum += loss.detach().double() * len(yb)
+                correct += (logits.argmax(1) == yb).sum()
             scaler.step(opt)
             scaler.update()
             seen += len(y)
             state["step"] = step + 1
             state["generator"] = gen.get_state()
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / elapsed:.1f}")
             steps_this_call += 1
             stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
-            if path is not None and (state["step"] % save_every == 0 or stop) and state["step"] < steps_per_epoch:
-                state["wall_time"] += time.perf_counter() - clock
-                clock = time.perf_counter()
+            checkpoint = path is not None and (state["step"] % save_every == 0 or stop) and state["step"] < steps_per_epoch
+            if progress and (step % 50 == 0 or checkpoint):
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}",
+                                img_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False)
+            if checkpoint:
+                state["epoch_sums"] = {"seen": seen, "loss_sum": loss_sum.item(), "correct": int(correct.item()),
+                                       "seconds": time.perf_counter() - t0}
+                clock.add()
                 _save_state(state, cfg, path)
             if stop and state["step"] < steps_per_epoch:
                 model.eval()
                 return model, state["history"]
-        state["wall_time"] += time.perf_counter() - clock
-        clock = time.perf_counter()
+        bar.close()
+        clock.add()
         epoch_images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
-        test = evaluate_accuracy(model, test_data, precision=cfg.precision if device.type == "cuda" else "fp32")
+        test = evaluate_accuracy(model, test_data, precision=precision if device.type == "cuda" else "fp32")
         model.train()
         state["history"].append({
-            "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1), "test_accuracy": test["accuracy"],
-            "images_per_s": epoch_images_per_s, "wall_time": state["wall_time"],
+            "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
+            "train_accuracy": correct.item() / max(seen, 1), "test_accuracy": test["accuracy"],
+            "images_per_s": epoch_images_per_s, "wall_time": state["wall_time"], "cpu_time": state["cpu_time"],
+            "precision": precision,
         })
-        state["epoch"], state["step"] = epoch + 1, 0
+        state["epoch"], state["step"], state["epoch_sums"] = epoch + 1, 0, _zero_sums()
         state["generator"] = _epoch_generator(cfg, epoch + 1).get_state()
         if progress:
-            print(json.dumps(state["history"][-1]), flush=True)
+            print(epoch_line(state["history"][-1], cfg.epochs), flush=True)
         if path is not None:
             _save_state(state, cfg, path)
         if stop_after_steps is not None and steps_this_call >= stop_after_steps:
@@ -280,10 +277,26 @@ def train(
     return model, state["history"]
 
 
-def _uses_fp16(cfg: TrainConfig, device: torch.device) -> bool:
-    if device.type != "cuda":
-        return cfg.precision == "fp16"
-    return cfg.precision == "fp16" or (cfg.precision == "auto" and not torch.cuda.is_bf16_supported())
+class _Clock:
+    """Adds the wall time and the process's CPU time (all threads) since the last call to
+    ``state["wall_time"]`` and ``state["cpu_time"]`` (seconds)."""
+
+    def __init__(self, state: dict):
+        self.state, self.wall, self.cpu = state, time.perf_counter(), time.process_time()
+
+    def add(self) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.state["wall_time"] += wall - self.wall
+        self.state["cpu_time"] += cpu - self.cpu
+        self.wall, self.cpu = wall, cpu
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """One readable line for an epoch of the history, e.g.
+    ``epoch  3/40  loss 0.1234  train 0.712  test 0.698  lr 1.0e-03  152 img/s  fp32  1.2 h``."""
+    return (f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  train {row['train_accuracy']:.3f}  "
+            f"test {row['test_accuracy']:.3f}  lr {row['lr']:.1e}  {row['images_per_s']:.0f} img/s  "
+            f"{row.get('precision', '?')}  {row['wall_time'] / 3600:.2f} h")
 
 
 _OVERRIDE_OPTIONS = ("temperature", "rank_factor", "stem_depth", "norm")  # model_overrides on the CLI
@@ -305,6 +318,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=SCHEDULES, default=TrainConfig.schedule)
     p.add_argument("--precision", choices=PRECISIONS, default=TrainConfig.precision)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--init-from", help="start from the weights of this shipped model (coda.list_pretrained())")
     p.add_argument("--device")
     p.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
     p.add_argument("--save-every", type=int, default=200, help="optimiser steps between checkpoints")
@@ -322,7 +336,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpar
     cfg = TrainConfig(model=a.model, model_overrides=overrides, epochs=a.epochs, batch_size=a.batch_size,
                       accumulate=a.accumulate, lr=a.lr, schedule=a.schedule, warmup_epochs=a.warmup_epochs,
                       precision=a.precision, augment=not a.no_augment, seed=a.seed,
-                      train_subset=a.train_subset, test_subset=a.test_subset)
+                      train_subset=a.train_subset, test_subset=a.test_subset, init_from=a.init_from)
     return cfg, a
 
 
@@ -346,6 +360,8 @@ def train_command(cfg: TrainConfig, out: str = "runs/NAME") -> str:
              f"--precision {cfg.precision}"]
     if not cfg.augment:
         args.append("--no-augment")
+    if cfg.init_from is not None:
+        args.append(f"--init-from {shlex.quote(cfg.init_from)}")
     return " ".join(args)
 
 
