@@ -13,7 +13,7 @@ where ``g`` rescales the norm of the dynamic weight:
 
 Because ``g(w)^T x = alpha(||w||) * w^T x`` with a scalar ``alpha``, the output only needs
 two numbers per unit and position, never the ``d``-dimensional weight itself
-(METHOD.md section 1):
+(docs/method.md#computing-a-coda-layer-without-its-weights):
 
     w_j^T x   = z^T (B_j^T x) + b_j^T x,                        z = A x
     ||w_j||^2 = z^T (B_j^T B_j) z + 2 (B_j^T b_j)^T z + ||b_j||^2

@@ -1,4 +1,4 @@
-"""Quantitative interpretability (METHOD.md section 4): the grid pointing game and pixel removal.
+"""Quantitative interpretability (docs/method.md#evaluation-protocols): the grid pointing game and pixel removal.
 
 Localisation ("grid pointing game"): tiles of ``grid_size x grid_size`` confidently and
 correctly classified test images of distinct classes; an explanation of one cell's class
@@ -48,12 +48,12 @@ from coda.explainers import EXPLAINERS, Explainer, get_explainer
 from coda.inference import predict
 from coda.models import CoDANet
 
-# The paper's numbers (CIFAR-10, 9L-S, T = 1000 unless stated), METHOD.md section 5, keyed by
+# The paper's numbers (CIFAR-10, 9L-S, T = 1000 unless stated), docs/method.md#published-numbers, keyed by
 # the names of coda.explainers.EXPLAINERS. Reference data from the authors' result files,
 # NOT results of this package: use it to mark the published values in tables and figures.
 PUBLISHED: dict = {
     "source": "Boehle, Fritz, Schiele, CVPR 2021 and TPAMI (arXiv 2104.00032, 2109.13004); "
-              "CIFAR-10, 9L-S, T = 1000, from the authors' result files (METHOD.md section 5)",
+              "CIFAR-10, 9L-S, T = 1000, from the authors' result files (docs/method.md#published-numbers)",
     "localisation_mean": {"coda": 0.912, "occ9": 0.842, "gradcam": 0.726, "occ5": 0.564,
                           "intgrad": 0.155, "ixg": 0.144, "deeplift": 0.144, "grad": 0.144},
     "localisation_median": {"coda": 0.938, "occ9": 0.867, "gradcam": 0.743, "occ5": 0.567},
@@ -175,7 +175,7 @@ def confident_queues(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.T
 
 def sample_grid_indices(logits: torch.Tensor, labels: torch.Tensor, n_grids: int = 500,
                         grid_size: int = 3, seed: int = 0) -> torch.Tensor:
-    """Choose the images of each grid (METHOD.md section 4).
+    """Choose the images of each grid (docs/method.md#localisation-the-grid-pointing-game).
 
     While every class still has an unused correctly classified image with
     sigmoid(logit) > 0.5, sample ``grid_size**2`` distinct classes (a seeded generator)
@@ -238,7 +238,7 @@ def grids_from_logits(logits: torch.Tensor, dataset: ImageDataset, n_grids: int 
 
 def make_grids(model: CoDANet, dataset: ImageDataset, n_grids: int = 500, grid_size: int = 3,
                seed: int = 0, batch_size: int = 500) -> Grids:
-    """The pointing-game grids of METHOD.md section 4 for ``model`` on ``dataset``.
+    """The pointing-game grids of docs/method.md#localisation-the-grid-pointing-game for ``model`` on ``dataset``.
 
     Parameters
     ----------
@@ -463,7 +463,7 @@ def pixel_removal(model: CoDANet, images: torch.Tensor, labels: torch.Tensor,
                   explainer: str | Explainer | object = "coda", fraction: float = 0.25, stride: int = 2,
                   order: str = "least", batch_size: int = 32, eval_batch_size: int = 256,
                   progress: bool = False) -> RemovalResult:
-    """The pixel-removal curve of ``explainer`` (METHOD.md section 4).
+    """The pixel-removal curve of ``explainer`` (docs/method.md#pixel-removal).
 
     Each image's pixels are sorted by the attribution of its true class summed over
     channels and removed in that order (``order="least"``: least important first, the

@@ -1,4 +1,4 @@
-"""Exact contributions of a CoDA-Net (METHOD.md section 3).
+"""Exact contributions of a CoDA-Net (docs/method.md#contributions).
 
 In explanation mode the dynamic weights (and their norms) are constants, so every CoDA layer
 is the linear map ``a -> W_l(a) a`` and the whole network is

@@ -3,7 +3,7 @@
     explain(model, images, target, method) -> attributions
 
 ``images`` (B, 3, H, W) in [0, 1]; ``target`` an int or one class per image. The post-hoc
-methods (METHOD.md section 4) explain the *full* model, ``model(images) -> logits``, and come
+methods (docs/method.md#evaluation-protocols) explain the *full* model, ``model(images) -> logits``, and come
 from captum (imported when first used); they return attributions (B, C, H, W) on the raw
 image, C = 3, except Grad-CAM (C = 1, one map upsampled to the image size). ``"coda"``
 returns the exact contributions over the encoded input ``[x, 1 - x]`` (C = 6), which sum to

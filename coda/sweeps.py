@@ -406,7 +406,7 @@ def markdown_tables(folder: str | Path = RESULTS_DIR) -> str:
 
     One table per sweep with evaluated runs, and one of the per-layer localisation: the
     temperature sweep next to the paper's values at the same T (localisation and pixel
-    removal of the CoDA contributions, METHOD.md section 5), the rank sweep with the number of
+    removal of the CoDA contributions, docs/method.md#published-numbers), the rank sweep with the number of
     parameters, the depth sweep with what the contributions explain. A run not evaluated yet is
     listed as missing under its table. ``ValueError`` if ``folder`` holds no results.
     """

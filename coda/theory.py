@@ -1,7 +1,7 @@
 """Small pure helpers for the DAU lesson (notebook 01): toy data, matrices and a toy trainer.
 
 Nothing here is needed to build or train a CoDA-Net; these functions make the statements of
-METHOD.md section 1 checkable on vectors small enough to plot:
+docs/method.md#the-dynamic-alignment-unit checkable on vectors small enough to plot:
 
 * with ``b = 0`` and the L2 norm a DAU computes ``x^T W x / ||W x||`` with ``W = B_j A``;
 * that is at most ``||x||``, with equality exactly for eigenvectors of ``W`` with a positive

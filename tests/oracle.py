@@ -1,4 +1,4 @@
-"""An independent float64 oracle of CoDA layers and CoDA-Nets (METHOD.md sections 1, 2, 6).
+"""An independent float64 oracle of CoDA layers and CoDA-Nets (docs/method.md: the DAU, the network, the published checkpoint layout).
 
 Written from the equations, not from :mod:`coda`: every output position takes its k x k
 patch ``p`` (entry ``c * k * k + ki * k + kj``, zero padding, stride), materialises all
@@ -6,7 +6,7 @@ dynamic weights
 
     z = A p,    w_j = B_j z + b_j,    out_j = g(w_j)^T p,
 
-and uses the authors' *published* parameter layout (METHOD.md section 6), so that it shares
+and uses the authors' *published* parameter layout (docs/method.md#the-published-checkpoint-layout), so that it shares
 no reshape with the package:
 
 * ``A``: (r, C_in, k, k), a conv weight without bias;

@@ -66,7 +66,7 @@ def test_vector_dau_matches_direct_formula():
 
 
 def test_vector_dau_l2_without_bias_is_a_rayleigh_like_quotient():
-    # METHOD.md section 1: with b = 0 and the L2 norm, DAU(x) = x^T W x / ||W x||, W = B_j A.
+    # docs/method.md#the-dynamic-alignment-unit: with b = 0 and the L2 norm, DAU(x) = x^T W x / ||W x||, W = B_j A.
     d, r = 5, 3
     x = torch.randn(7, d, dtype=torch.float64)
     A = torch.randn(r, d, dtype=torch.float64)
@@ -136,7 +136,7 @@ def test_image_groups_give_the_same_values_and_gradients(monkeypatch, bias):
     monkeypatch.setattr(F_dau, "_GROUP_ELEMENTS", 2 * 36 * 4 * 5)  # 2 images per group: 2 + 2 + 1
     grouped, grouped_grads = run()
     assert_close(grouped, whole)
-    for g, w in zip(grouped_grads, whole_grads):
+    for g, w in zip(grouped_grads, whole_grads, strict=True):
         assert_close(g, w)
 
 

@@ -1,4 +1,4 @@
-"""Contributions (METHOD.md section 3): completeness, the frozen linear map, and the API."""
+"""Contributions (docs/method.md#contributions): completeness, the frozen linear map, and the API."""
 
 import oracle
 import pytest
@@ -93,7 +93,7 @@ def test_gradient_times_input_is_not_complete(model, images):
 
 def test_contributions_match_the_oracle_frozen_map(model, images):
     """``W_{1->L}(x0)`` from the package applied to any encoded input ``a1`` equals the
-    oracle network whose dynamic weights are frozen at ``x0`` (METHOD.md section 3)."""
+    oracle network whose dynamic weights are frozen at ``x0`` (docs/method.md#contributions)."""
     model = model.double()
     x0 = images.double()
     W = dynamic_linear_weights(model, x0, 5)  # (B, 6, H, W)
