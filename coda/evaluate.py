@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from coda.checkpoint import load_checkpoint, save_checkpoint, sha256, write_json, write_text
+from coda.checkpoint import load_checkpoint, load_data, save_data, sha256, write_json, write_text
 from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10, to_float
 from coda.explainers import EXPLAINERS, Explainer, get_explainer
 from coda.inference import predict
@@ -599,7 +599,7 @@ def versions() -> dict:
                                 text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"python": platform.python_version(), "torch": torch.__version__, "captum": captum.__version__,
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "captum": captum.__version__,
             "numpy": numpy.__version__, "platform": platform.platform(), "git_commit": commit}
 
 
@@ -677,8 +677,11 @@ def _configured(name: str, a: argparse.Namespace) -> Explainer:
 
 
 def task_path(out: Path, method: str, task: str) -> Path:
-    """Where one method's result of one task ("localisation", "removal-least", ...) is kept."""
-    return Path(out) / "tasks" / f"{method}.{task}.pt"
+    """Where one method's result of one task ("localisation", "removal-least", ...) is kept.
+
+    The file is written by :func:`coda.checkpoint.save_data` (arrays and JSON, no pickle).
+    """
+    return Path(out) / "tasks" / f"{method}.{task}.npz"
 
 
 def _model_id(info: dict) -> str:
@@ -697,9 +700,13 @@ def _task_settings(info: dict, a: argparse.Namespace, name: str, task: str) -> d
 
 
 def _stored_settings(path: Path) -> dict | None:
+    """The settings of the result stored in ``path``; None if there is none or it is unreadable."""
+    if not path.exists():
+        return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)["settings"]
-    except (OSError, KeyError, RuntimeError, EOFError):
+        return load_data(path)["settings"]
+    except (ValueError, KeyError) as err:
+        print(f"{path}: unreadable, computed again ({type(err).__name__}: {err})", flush=True)
         return None
 
 
@@ -741,7 +748,7 @@ def run(model: CoDANet, info: dict, methods: list[str], out: Path, command: str,
                                    settings["order"], batch_size=a.batch_size, progress=True)
             extra = {"image_size": "x".join(map(str, removal_set.images.shape[-2:]))}
             summary = f"removal[{result.order}] {result.mean:.3f} ({len(removal_set)} images)"
-        save_checkpoint({"settings": settings, **context, **extra, "result": dataclasses.asdict(result)}, path)
+        save_data({"settings": settings, **context, **extra, "result": dataclasses.asdict(result)}, path)
         print(f"{name:>16} {task}: {summary}", flush=True)
     write_tables(out, _model_id(info))
 
@@ -753,14 +760,32 @@ def read_tasks(out: Path, model_id: str | None = None) -> list[dict]:
     ``model``, ``test_accuracy``, ``image_size``, ``result`` (a :class:`LocalisationResult`
     or :class:`RemovalResult`) and, for localisation, ``grids`` (:class:`Grids` without images).
     Results of another model than ``model_id`` (a SHA-256 or name) are left out.
+    Raises ``ValueError`` naming the file if one is unreadable or is of the old pickled format.
     """
     order = {m: i for i, m in enumerate([*DEFAULT_METHODS, *EXPLAINERS])}
+    legacy = sorted(Path(out).glob("tasks/*.pt"))
+    if legacy:
+        raise ValueError(
+            f"{legacy[0]} is a task file of the old pickled format, which is not read (loading it could run code); "
+            f"convert the folder once with coda.evaluate.convert_task_files({str(Path(out))!r}), or delete "
+            "the .pt files and evaluate again"
+        )
     tasks = []
-    for path in sorted(Path(out).glob("tasks/*.pt")):
-        t = torch.load(path, map_location="cpu", weights_only=False)
+    for path in sorted(Path(out).glob("tasks/*.npz")):
+        t = _read_task(path)
         if model_id is not None and t["settings"]["model"] != model_id:
             print(f"{path}: a different model ({t['settings']['model']}), left out of the tables")
             continue
+        tasks.append(t)
+    key = lambda t: (order.get(t["settings"]["method"], len(order)), t["settings"]["task"])  # noqa: E731
+    return sorted(tasks, key=key)
+
+
+def _read_task(path: Path) -> dict:
+    """One stored (method, task) result with its result (and grids) as dataclasses; ``ValueError`` naming
+    ``path`` if it is not a task file."""
+    t = load_data(path)
+    try:
         if t["settings"]["task"] == "localisation":
             t["result"] = LocalisationResult(**t["result"])
             g = t["grids"]
@@ -768,9 +793,34 @@ def read_tasks(out: Path, model_id: str | None = None) -> list[dict]:
                                g["grid_size"], g["indices"], g["n_requested"])
         else:
             t["result"] = RemovalResult(**t["result"])
-        tasks.append(t)
-    key = lambda t: (order.get(t["settings"]["method"], len(order)), t["settings"]["task"])  # noqa: E731
-    return sorted(tasks, key=key)
+        missing = {"command", "device", "threads", "versions", "model", "test_accuracy", "image_size"} - set(t)
+        if missing:
+            raise KeyError(f"no {sorted(missing)}")
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path} is not a task file of coda.evaluate ({type(err).__name__}: {err})") from err
+    return t
+
+
+def convert_task_files(out: str | os.PathLike) -> list[Path]:
+    """Convert the task files of the old pickled format (``tasks/*.pt``) in ``out`` to ``.npz``.
+
+    The old files are read with ``torch.load(weights_only=True)``, which refuses arbitrary
+    objects (only torch's version string is allowed besides tensors and plain Python), written
+    with :func:`coda.checkpoint.save_data` and then removed. Returns the new files.
+    """
+    from torch.torch_version import TorchVersion
+
+    written = []
+    for old in sorted(Path(out).glob("tasks/*.pt")):
+        with torch.serialization.safe_globals([TorchVersion]):
+            t = load_checkpoint(old)
+        t["versions"] = {k: v if v is None else str(v) for k, v in t["versions"].items()}
+        new = old.with_suffix(".npz")
+        save_data(t, new)
+        _read_task(new)  # readable before the old file goes
+        old.unlink()
+        written.append(new)
+    return written
 
 
 def write_tables(out: Path, model_id: str | None = None) -> None:

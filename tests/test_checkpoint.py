@@ -115,3 +115,33 @@ def test_write_text(tmp_path):
     C.write_text("héllo\n", tmp_path / "card.md")
     assert (tmp_path / "card.md").read_text(encoding="utf-8") == "héllo\n"
     assert oct((tmp_path / "card.md").stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_data_file_round_trip_without_pickle(tmp_path):
+    obj = {"settings": {"n": 3, "name": "x", "none": None, "options": {}}, "scores": torch.rand(4, 9),
+           "grids": {"indices": torch.arange(6).reshape(2, 3)}, "curves": [torch.ones(2), 1.5]}
+    path = tmp_path / "task.npz"
+    C.save_data(obj, path)
+    loaded = C.load_data(path)
+    assert loaded["settings"] == obj["settings"] and loaded["curves"][1] == 1.5
+    assert torch.equal(loaded["scores"], obj["scores"]) and loaded["scores"].dtype == torch.float32
+    assert torch.equal(loaded["grids"]["indices"], obj["grids"]["indices"]) and torch.equal(loaded["curves"][0], torch.ones(2))
+    assert leftovers(tmp_path) == []
+
+
+def test_data_file_refuses_objects_and_names_bad_files(tmp_path):
+    path = tmp_path / "task.npz"
+    with pytest.raises(TypeError):
+        C.save_data({"model": torch.nn.Linear(2, 2)}, path)  # not data: nothing written
+    assert not path.exists()
+    import numpy as np
+
+    np.savez(path, __json__=np.array([{"a": 1}], dtype=object))  # a pickled object inside the archive
+    with pytest.raises(ValueError, match=f"{path} is not a readable data file"):
+        C.load_data(path)
+    for content in (b"", b"random bytes" * 10):
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=str(path)):
+            C.load_data(path)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        C.load_data(tmp_path / "missing.npz")

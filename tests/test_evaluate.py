@@ -7,30 +7,34 @@ exactly linear, so its removal curve follows in closed form from its contributio
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import coda
-from coda.checkpoint import save_checkpoint
+from coda.checkpoint import load_data, save_checkpoint
+from coda.data import PROJECT_ROOT
 from coda.evaluate import (
     PUBLISHED,
     Grids,
     cell_sums,
+    convert_task_files,
     grids_from_logits,
     load_model,
     localisation_scores,
     main,
-    markdown_table,
     make_grids,
+    markdown_table,
     pixel_removal,
+    read_results,
     removal_masks,
     removal_points,
     sample_grid_indices,
-    read_results,
     task_path,
     tile,
+    write_tables,
 )
 from coda.explainers import EXPLAINERS, WeightedRidge, block_mask, explain, get_explainer
 from coda.models import CoDANet, CoDANetConfig
@@ -438,13 +442,101 @@ def test_command_line_resumes_and_mixes_sizes(colour_world, capsys):
     # Ours on the same 2 grids (the first 2 x 4 scores), and on the same 3 removal images.
     assert grad_row[3] == f"{results['scores']['coda'][:8].mean():.3f}"
     assert grad_row[5] == f"{curve['mean']:.3f}" and grad_row[6] == "3"
-    ours_first3 = torch.load(task_path(out, "coda", "removal-least"), weights_only=False)["result"]["probabilities"][:3]
+    ours_first3 = load_data(task_path(out, "coda", "removal-least"))["result"]["probabilities"][:3]
     assert grad_row[7] == f"{ours_first3.mean():.3f}"
     ixg_row = next(r for r in rows if "`ixg`" in r).split(" | ")
     assert ixg_row[5] == ixg_row[7] == "-"  # no removal run for ixg
     assert "Better than Ours on the same grids (localisation): " in table
     with pytest.raises(ValueError, match="no results"):
         markdown_table(root / "nowhere")
+
+
+class Tampered:
+    """Unpickling this creates ``marker``: what a tampered result file could do instead."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def small_run(root, out, methods="coda"):
+    main(["--model", str(root / "run" / "last.pt"), "--data", str(root / "data"), "--methods", methods,
+          "--grid-size", "2", "--n-grids", "2", "--n-removal", "3", "--out", str(out)])
+
+
+def test_task_files_are_data_that_load_without_unpickling(colour_world, tmp_path):
+    root, _, _ = colour_world
+    out = root / "results"
+    small_run(root, out)
+    files = sorted(p.name for p in (out / "tasks").iterdir())
+    assert files == ["coda.localisation.npz", "coda.removal-least.npz"]
+    with np.load(out / "tasks" / files[0], allow_pickle=False) as f:  # plain arrays and one JSON text
+        assert json.loads(str(f["__json__"]))["settings"]["method"] == "coda"
+    marker = tmp_path / "code-ran"
+    import pickle
+
+    for name in ("grad.localisation.npz", "grad.localisation.pt"):  # a tampered file in either format
+        (out / "tasks" / name).write_bytes(pickle.dumps({"settings": Tampered(marker)}))
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+            markdown_table(out)
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+            small_run(root, out, methods="coda")  # the table writer names the file
+        assert not marker.exists()
+        (out / "tasks" / name).unlink()
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty", "not-a-task"])
+def test_unreadable_task_file_is_named_or_recomputed(colour_world, damage, capsys):
+    root, _, _ = colour_world
+    out = root / "results"
+    small_run(root, out, methods="coda,grad")
+    path = task_path(out, "grad", "localisation")
+    good = path.read_bytes()
+    if damage == "random":
+        path.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8)))
+    elif damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        np.savez(path, __json__=np.array(json.dumps({"settings": {"task": "localisation"}})))
+    with pytest.raises(ValueError, match=str(path)):
+        write_tables(out)
+    with pytest.raises(ValueError, match=str(path)):
+        small_run(root, out, methods="coda")  # another method's run: the tables name the bad file
+    capsys.readouterr()
+    small_run(root, out, methods="grad")  # its own method and task: computed again
+    assert (f"{path}: unreadable, computed again" in capsys.readouterr().out) == (damage != "not-a-task")
+    assert load_data(path)["settings"]["method"] == "grad"
+
+
+def test_old_pickled_task_files_convert_once(colour_world):
+    """The committed results were converted with convert_task_files; it reads with weights_only=True."""
+    from torch.torch_version import TorchVersion
+
+    root, _, _ = colour_world
+    out = root / "results"
+    small_run(root, out)
+    before = markdown_table(out)
+    for path in sorted((out / "tasks").glob("*.npz")):  # the old format: torch.save of the same dict
+        t = load_data(path)
+        t["versions"]["torch"] = TorchVersion(t["versions"]["torch"])
+        torch.save(t, path.with_suffix(".pt"))
+        path.unlink()
+    with pytest.raises(ValueError, match="old pickled format.*convert_task_files"):
+        markdown_table(out)
+    assert len(convert_task_files(out)) == 2 and not list((out / "tasks").glob("*.pt"))
+    assert markdown_table(out) == before
+
+
+def test_committed_results_are_data_files():
+    folder = PROJECT_ROOT / "results" / "cifar10-9L-S-f8-T1000"
+    if not (folder / "tasks").exists():
+        pytest.skip("no committed results")
+    assert not list(folder.glob("tasks/*.pt")) and list(folder.glob("tasks/*.npz"))
+    assert "| Ours (`coda`) |" in markdown_table(folder)
 
 
 def test_command_line_rejects_bad_tasks(colour_world):
