@@ -90,8 +90,8 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         return cfg.lr / 1.5 ** math.floor(epoch / 30)
     total = cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_epochs * steps_per_epoch
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
+    if step < warmup:  # linear warm-up, never above the peak (a warm-up shorter than one step)
+        return cfg.lr * min(1.0, (step + 1) / warmup)
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 

@@ -106,9 +106,8 @@ def test_explicit_bf16_on_a_native_cpu_does_not_warn(monkeypatch):
 
 
 def test_training_with_auto_records_what_ran(monkeypatch, capsys):
-    from tests.test_train import TINY, run
-
     from coda.train import TrainConfig
+    from tests.test_train import TINY, run
 
     monkeypatch.setattr(H, "cpu_info", lambda: EMULATED)
     _, history = run(TrainConfig(**{**TINY, "precision": "auto"}, epochs=1, batch_size=16), progress=True)

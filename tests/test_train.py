@@ -150,6 +150,14 @@ def test_train_command_rejects_overrides_without_an_option():
         T.train_command(TrainConfig(model_overrides={"num_classes": 5}))
 
 
+@pytest.mark.parametrize("warmup_epochs", [0.001, 0.3, 1.0, 2.5])
+def test_warmup_never_exceeds_the_peak_rate(warmup_epochs):
+    cfg = TrainConfig(lr=2e-3, epochs=4, warmup_epochs=warmup_epochs)
+    rates = [learning_rate(cfg, step, 3) for step in range(12)]
+    assert max(rates) <= 2e-3
+    assert rates[0] == pytest.approx(2e-3 * min(1.0, 1 / (3 * warmup_epochs)))
+
+
 # ----- the training loop -----------------------------------------------------------------------
 
 

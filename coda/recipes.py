@@ -1,0 +1,269 @@
+"""The reproduction's recipe study: which training recipe gives the most localisation per CPU-hour.
+
+The paper's 9L-S (rank factor 32, T = 1000) localises at 0.912 after 200 GPU epochs at batch
+16. A CPU cannot repeat that budget, so the study measures, for a few candidate recipes, how
+test accuracy and localisation grow with the CPU time spent, and the best one becomes the
+long run. Every recipe continues one of the shipped 5-epoch runs of the rank sweep
+(``sweep-9L-S-f16-T1000``, ``sweep-9L-S-f32-T1000``) with a fresh Adam optimiser, so the
+study's CPU-hours are spent beyond those five epochs; its starting point is that run's
+evaluation in ``results/sweeps/``.
+
+Each recipe trains resumably in ``runs/recipes/<name>/`` and is evaluated (test accuracy on
+the 10,000 test images; localisation on 100 grids) each time another ``--eval-every``
+CPU-hours of training have passed; the rows go to ``results/recipes/<name>.json``::
+
+    OMP_NUM_THREADS=1 nohup python -m coda.recipes train f32-b16-paper --cpu-hours 1 > f32.log 2>&1 &
+    python -m coda.recipes status          # CPU-hours, epochs, last accuracy and localisation
+    python -m coda.recipes table           # the markdown table of every evaluated row
+    python -m coda.recipes figure          # figures/recipes.png: localisation against CPU-hours
+
+Rerunning ``train`` with a larger ``--cpu-hours`` continues the same run (that is how the
+chosen recipe becomes the long run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from coda.checkpoint import load_checkpoint, write_json
+from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10
+from coda.evaluate import grids_from_logits, localisation_scores
+from coda.inference import predict
+from coda.models import CoDANet
+from coda.train import TrainConfig, train
+
+RUNS_DIR = PROJECT_ROOT / "runs" / "recipes"
+RESULTS_DIR = PROJECT_ROOT / "results" / "recipes"
+SWEEP_RESULTS = PROJECT_ROOT / "results" / "sweeps" / "sweeps.json"
+N_GRIDS = 100
+TEST_SUBSET = 2000  # the trainer's per-epoch accuracy; the evaluation rows use all 10,000 images
+RETIRED_STARTS: set[str] = set()  # starting models no longer shipped (none yet)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A candidate recipe: its training config and why it is a candidate."""
+
+    name: str
+    why: str
+    config: TrainConfig
+
+    @property
+    def start(self) -> str:
+        return self.config.init_from
+
+
+def _recipe(name: str, rank_factor: int, batch: int, schedule: str, lr: float, epochs: int, why: str) -> Recipe:
+    cfg = TrainConfig(model="cifar10-9L-S", model_overrides={"rank_factor": rank_factor, "temperature": 1000.0},
+                      epochs=epochs, batch_size=batch, lr=lr, schedule=schedule, warmup_epochs=0.25,
+                      precision="auto", seed=0, test_subset=TEST_SUBSET,
+                      init_from=f"sweep-9L-S-f{rank_factor}-T1000")
+    return Recipe(name, why, cfg)
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    _recipe("f32-b16-paper", 32, 16, "paper", 2.5e-4, 200,
+            "the paper's recipe: rank factor 32, batch 16, Adam 2.5e-4 divided by 1.5 every 30 epochs"),
+    _recipe("f16-b16-paper", 16, 16, "paper", 2.5e-4, 200,
+            "the paper's optimiser at half the rank: half the CPU time per image"),
+    _recipe("f32-b64-cosine", 32, 64, "cosine", 1e-3, 60,
+            "the project's sweep optimiser (batch 64, Adam 1e-3, cosine over 60 epochs) at rank factor 32"),
+    _recipe("f16-b64-cosine", 16, 64, "cosine", 1e-3, 60,
+            "the project's sweep optimiser at rank factor 16"),
+    _recipe("f32-b16-cosine", 32, 16, "cosine", 5e-4, 60,
+            "batch 16 (four times the steps per image) with a cosine decay over 60 epochs"),
+)}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)}")
+    return RECIPES[name]
+
+
+# ----- evaluation rows ---------------------------------------------------------------------
+
+
+def evaluate_row(model: CoDANet, test: ImageDataset, n_grids: int = N_GRIDS, seed: int = 0) -> dict:
+    """Test accuracy on ``test`` and localisation (mean, median) of the contributions on
+    ``n_grids`` grids built from the same logits (the project's pointing game, seed ``seed``)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    logits = predict(model, test.images)
+    accuracy = (logits.argmax(1) == test.labels).float().mean().item()
+    grids = grids_from_logits(logits, test, n_grids, seed=seed)
+    loc = localisation_scores(model, grids, "coda") if len(grids) else None
+    return {"test_accuracy": accuracy, "localisation_mean": loc and loc.mean, "localisation_median": loc and loc.median,
+            "n_grids": len(grids), "n_test": len(test), "eval_seconds": round(time.perf_counter() - start, 1),
+            "eval_cpu_seconds": round(time.process_time() - cpu, 1)}
+
+
+def start_row(recipe: Recipe, sweep_results: Path = SWEEP_RESULTS) -> dict | None:
+    """The evaluation of the recipe's starting model, read from the rank sweep's results."""
+    if not sweep_results.exists():
+        return None
+    for row in json.loads(sweep_results.read_text())["rows"]:
+        if row["name"] == recipe.start:
+            return {"epoch": 0, "step": 0, "images": 0, "cpu_hours": 0.0, "wall_hours": 0.0,
+                    "test_accuracy": row["test_accuracy"], "localisation_mean": row["localisation_mean"],
+                    "localisation_median": row["localisation_median"], "n_grids": row["n_grids"],
+                    "n_test": 10_000, "source": f"{recipe.start} (results/sweeps/sweeps.json)"}
+    return None
+
+
+def read_rows(name: str, results_dir: Path = RESULTS_DIR) -> list[dict]:
+    """The evaluated rows of a recipe, in training order (the starting point first)."""
+    path = Path(results_dir) / f"{name}.json"
+    if not path.exists():
+        return []
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+        raise ValueError(f"{path}: expected a JSON object with a list 'rows'")
+    return record["rows"]
+
+
+def _write_rows(recipe: Recipe, rows: list[dict], results_dir: Path) -> None:
+    rows = sorted(rows, key=lambda r: r["images"])
+    write_json({"recipe": recipe.name, "why": recipe.why, "config": recipe.config.to_dict(), "rows": rows},
+               Path(results_dir) / f"{recipe.name}.json")
+
+
+def record_checkpoint(recipe: Recipe, ckpt_path: Path, test: ImageDataset, results_dir: Path = RESULTS_DIR,
+                      n_grids: int = N_GRIDS, n_train: int = 50_000) -> dict:
+    """Evaluate the model in ``ckpt_path`` (a trainer checkpoint of a run on ``n_train``
+    training images) and add its row to the results."""
+    from coda.pretrained import model_from_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    images = _images_seen(recipe.config, ckpt, n_train)
+    row = {"epoch": ckpt["epoch"], "step": ckpt["step"], "images": images,
+           "epochs_done": round(images / n_train, 3), "cpu_hours": round(ckpt.get("cpu_time", 0.0) / 3600, 3),
+           "wall_hours": round(ckpt["wall_time"] / 3600, 3), "threads": torch.get_num_threads(),
+           **evaluate_row(model, test, n_grids)}
+    rows = [r for r in read_rows(recipe.name, results_dir) if r["images"] != images]
+    start = start_row(recipe)
+    if start is not None and not any(r["images"] == 0 for r in rows):
+        rows.append(start)
+    _write_rows(recipe, rows + [row], results_dir)
+    return row
+
+
+def _images_seen(cfg: TrainConfig, ckpt: dict, n_train: int) -> int:
+    """Training images a checkpoint has seen (epochs of ``n_train // batch_size`` full batches)."""
+    steps_per_epoch = min(cfg.train_subset or n_train, n_train) // cfg.batch_size
+    return (ckpt["epoch"] * steps_per_epoch + ckpt["step"]) * cfg.batch_size
+
+
+# ----- training ----------------------------------------------------------------------------
+
+
+def train_recipe(name: str, cpu_hours: float, eval_every: float = 0.5, chunk_steps: int = 200,
+                 runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR, data_root=None,
+                 train_data: ImageDataset | None = None, test_data: ImageDataset | None = None,
+                 n_grids: int = N_GRIDS) -> list[dict]:
+    """Train recipe ``name`` until its run has spent ``cpu_hours`` of training CPU time.
+
+    Trains in chunks of ``chunk_steps`` optimiser steps (each ends with a checkpoint); after a
+    chunk that passes another multiple of ``eval_every`` CPU-hours, the checkpoint is
+    evaluated (:func:`record_checkpoint`; its CPU time is not counted as training). Resumable:
+    the run lives in ``runs_dir/<name>/last.pt``. Returns the recipe's rows.
+    """
+    recipe = get_recipe(name)
+    if not cpu_hours > 0 or not eval_every > 0 or chunk_steps < 1:
+        raise ValueError(f"cpu_hours and eval_every must be > 0 and chunk_steps >= 1, got "
+                         f"{cpu_hours}, {eval_every}, {chunk_steps}")
+    out = Path(runs_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    train_data = load_cifar10("train", data_root) if train_data is None else train_data
+    test_data = load_cifar10("test", data_root) if test_data is None else test_data
+    ckpt_path = out / "last.pt"
+    while True:
+        spent = load_checkpoint(ckpt_path).get("cpu_time", 0.0) / 3600 if ckpt_path.exists() else 0.0
+        evaluated = {r["images"] for r in read_rows(name, results_dir)}
+        if spent >= cpu_hours:
+            break
+        before = int(spent / eval_every)
+        train(recipe.config, out, train_data=train_data, test_data=test_data,
+              stop_after_steps=chunk_steps, save_every=chunk_steps, progress=False)
+        ckpt = load_checkpoint(ckpt_path)
+        after = ckpt.get("cpu_time", 0.0) / 3600
+        finished = ckpt["epoch"] >= recipe.config.epochs
+        if int(after / eval_every) > before or after >= cpu_hours or finished:
+            if _images_seen(recipe.config, ckpt, len(train_data)) not in evaluated:
+                row = record_checkpoint(recipe, ckpt_path, test_data, results_dir, n_grids, len(train_data))
+                print(json.dumps(row), flush=True)
+        print(f"{name}: {after:.3f} CPU-hours, epoch {ckpt['epoch']} step {ckpt['step']}", flush=True)
+        if finished:
+            break
+    return read_rows(name, results_dir)
+
+
+# ----- reporting ---------------------------------------------------------------------------
+
+
+def markdown_table(results_dir: Path = RESULTS_DIR) -> str:
+    """Every evaluated row of every recipe as one markdown table."""
+    lines = ["| recipe | epochs beyond the start | CPU-hours | test accuracy | localisation (mean, median) | grids |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name in RECIPES:
+        for r in read_rows(name, results_dir):
+            loc = "-" if r["localisation_mean"] is None else f"{r['localisation_mean']:.3f} ({r['localisation_median']:.3f})"
+            lines.append(f"| {name} | {r.get('epochs_done', 0):.2f} | {r['cpu_hours']:.2f} | "
+                         f"{100 * r['test_accuracy']:.2f}% | {loc} | {r['n_grids']} |")
+    return "\n".join(lines)
+
+
+def status(runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR) -> list[dict]:
+    """Per recipe: CPU-hours and epochs trained (from its checkpoint) and its last evaluated row."""
+    out = []
+    for name in RECIPES:
+        path = Path(runs_dir) / name / "last.pt"
+        ckpt = load_checkpoint(path) if path.exists() else None
+        rows = read_rows(name, results_dir)
+        out.append({"recipe": name,
+                    "cpu_hours": None if ckpt is None else round(ckpt.get("cpu_time", 0.0) / 3600, 3),
+                    "epoch": None if ckpt is None else ckpt["epoch"], "step": None if ckpt is None else ckpt["step"],
+                    "last_row": rows[-1] if rows else None})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m coda.recipes", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the candidate recipes and why")
+    t = sub.add_parser("train", help="train a recipe up to a CPU-time budget, evaluating as it goes")
+    t.add_argument("name", choices=sorted(RECIPES))
+    t.add_argument("--cpu-hours", type=float, required=True, help="total training CPU-hours of the run")
+    t.add_argument("--eval-every", type=float, default=0.5, help="CPU-hours between evaluations")
+    t.add_argument("--chunk-steps", type=int, default=200, help="optimiser steps between checkpoints")
+    t.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
+    sub.add_parser("status", help="CPU-hours, epochs and the last evaluation of every recipe")
+    sub.add_parser("table", help="the markdown table of every evaluated row")
+    f = sub.add_parser("figure", help="localisation and accuracy against CPU-hours")
+    f.add_argument("--out", default=str(PROJECT_ROOT / "figures"))
+    a = p.parse_args(argv)
+    if a.command == "list":
+        for r in RECIPES.values():
+            print(f"{r.name:<16} {r.why}")
+    elif a.command == "train":
+        train_recipe(a.name, a.cpu_hours, a.eval_every, a.chunk_steps, data_root=a.data)
+    elif a.command == "status":
+        for s in status():
+            print(json.dumps(s))
+    elif a.command == "table":
+        print(markdown_table())
+    else:
+        from coda import plotting
+
+        fig = plotting.plot_recipe_study({name: read_rows(name) for name in RECIPES})
+        plotting.save_figure(fig, "recipes", a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""coda.recipes: the recipe study's runner, its evaluation rows, table and figure.
+
+A tiny stand-in recipe (the 5-layer "cifar10-tiny" model on synthetic 8x8 images) replaces the
+real ones, which train for CPU-hours.
+"""
+
+import json
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+import coda.recipes as R  # noqa: E402
+from coda import plotting  # noqa: E402
+from coda.checkpoint import load_checkpoint  # noqa: E402
+from coda.train import TrainConfig  # noqa: E402
+from tests.test_train import toy_data  # noqa: E402
+
+TINY = R.Recipe("tiny", "a test", TrainConfig(model="cifar10-tiny", epochs=2, batch_size=8, precision="fp32",
+                                               test_subset=20, warmup_epochs=0.5))
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path):
+    monkeypatch.setitem(R.RECIPES, "tiny", TINY)
+    monkeypatch.setattr(R, "TEST_SUBSET", 20)
+    return {"runs_dir": tmp_path / "runs", "results_dir": tmp_path / "results",
+            "train_data": toy_data(48), "test_data": toy_data(40, seed=1)}
+
+
+def test_every_recipe_continues_a_shipped_run_of_its_rank():
+    from coda.pretrained import list_pretrained
+
+    for recipe in R.RECIPES.values():
+        f = recipe.config.model_overrides["rank_factor"]
+        assert recipe.start == f"sweep-9L-S-f{f}-T1000"
+        assert recipe.start in list_pretrained() or recipe.start in R.RETIRED_STARTS
+        assert recipe.config.model_overrides["temperature"] == 1000.0 and recipe.why
+
+
+def test_train_recipe_stops_at_the_budget_and_evaluates_as_it_goes(tiny):
+    rows = R.train_recipe("tiny", cpu_hours=1e-9, eval_every=1e-9, chunk_steps=2, n_grids=2, **tiny)
+    ckpt = load_checkpoint(tiny["runs_dir"] / "tiny" / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 2), "one chunk spends more than the tiny budget"
+    assert ckpt["cpu_time"] > 0
+    assert len(rows) == 1  # no shipped starting model for the stand-in
+    row = rows[0]
+    assert row["images"] == 16 and row["n_test"] == 40 and row["cpu_hours"] >= 0
+    assert 0 <= row["test_accuracy"] <= 1
+    assert row["localisation_mean"] is None if row["n_grids"] == 0 else 0 <= row["localisation_mean"] <= 1
+    # A larger budget continues the same run and adds rows; the evaluated checkpoints are not repeated.
+    rows = R.train_recipe("tiny", cpu_hours=1.0, eval_every=1e-9, chunk_steps=4, n_grids=2, **tiny)
+    assert [r["images"] for r in rows] == [16, 48, 80, 96]  # 6 steps of 8 per epoch: stops at 2, 6, 10, 12
+    assert load_checkpoint(tiny["runs_dir"] / "tiny" / "last.pt")["epoch"] == 2
+
+
+def test_train_recipe_rejects_bad_budgets_and_names(tiny):
+    with pytest.raises(ValueError, match="cpu_hours and eval_every must be > 0"):
+        R.train_recipe("tiny", cpu_hours=0, **tiny)
+    with pytest.raises(ValueError, match="chunk_steps >= 1"):
+        R.train_recipe("tiny", cpu_hours=1, chunk_steps=0, **tiny)
+    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
+        R.get_recipe("nope")
+
+
+def test_start_row_comes_from_the_rank_sweep(tmp_path):
+    results = tmp_path / "sweeps.json"
+    results.write_text(json.dumps({"rows": [{"name": "sweep-9L-S-f32-T1000", "test_accuracy": 0.8,
+                                             "localisation_mean": 0.75, "localisation_median": 0.76,
+                                             "n_grids": 100}]}))
+    row = R.start_row(R.RECIPES["f32-b16-paper"], results)
+    assert (row["cpu_hours"], row["images"], row["localisation_mean"]) == (0.0, 0, 0.75)
+    assert R.start_row(R.RECIPES["f16-b16-paper"], results) is None
+
+
+def test_malformed_results_file_names_the_file(tmp_path):
+    (tmp_path / "tiny.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="tiny.json: expected a JSON object"):
+        R.read_rows("tiny", tmp_path)
+
+
+def test_table_and_figure(tiny):
+    R.train_recipe("tiny", cpu_hours=1e-9, eval_every=1e-9, chunk_steps=2, n_grids=2, **tiny)
+    table = R.markdown_table(tiny["results_dir"])
+    assert "| tiny | 0.33 | 0.00 |" in table and table.endswith("| - | 0 |")  # 16 of 48 images; no grid
+    rows = R.read_rows("tiny", tiny["results_dir"])
+    rows = [{**r, "localisation_mean": 0.5} for r in rows] + [{**rows[0], "cpu_hours": 1.0, "localisation_mean": 0.6}]
+    fig = plotting.plot_recipe_study({"tiny": rows, "empty": []})
+    ax_loc, ax_acc = fig.axes
+    lines = [line for line in ax_loc.get_lines() if line.get_label() == "tiny"]
+    assert len(lines) == 1 and list(lines[0].get_ydata()) == [0.5, 0.6]
+    assert ax_loc.get_ylabel() and ax_acc.get_ylabel() and ax_loc.get_xlabel()
+    assert not [line for line in ax_loc.get_lines() if line.get_label() == "empty"]
+    torch.testing.assert_close(torch.tensor(ax_acc.get_lines()[0].get_ydata()[0]),
+                               torch.tensor(100 * rows[0]["test_accuracy"]), check_dtype=False)
