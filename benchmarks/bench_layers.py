@@ -82,11 +82,11 @@ def use_materialised(model: torch.nn.Module) -> torch.nn.Module:
             layer.in_channels,
             layer.out_channels,
             layer.kernel_size,
-            layer.rank,
-            stride=layer.stride,
-            padding=layer.padding,
+            layer.stride,
+            layer.padding,
+            rank=layer.rank,
             norm=layer.norm,
-            bias=layer.b is not None,
+            weight_bias=layer.b is not None,
         )
         copy.load_state_dict(layer.state_dict())
         model.layers[i] = copy

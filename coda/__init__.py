@@ -5,9 +5,10 @@ for its idea (``coda.dau``, ``coda.layers``, ``coda.models``, ``coda.explain``, 
 """
 
 from coda.explain import contribution_map, contributions, dynamic_linear_weights, explanation_mode
-from coda.layers import CoDAConv2d, DynamicAlignment
-from coda.models import CONFIGS, CoDANet, CoDANetConfig, build_model, from_reference_state_dict
+from coda.layers import CoDAConv2d, DynamicAlignment, ExplainableLayer
+from coda.models import CONFIGS, CoDANet, CoDANetConfig, build_model
 from coda.pretrained import list_pretrained, load_pretrained
+from coda.reference import from_reference_state_dict
 
 __all__ = [
     "CONFIGS",
@@ -15,6 +16,7 @@ __all__ = [
     "CoDANet",
     "CoDANetConfig",
     "DynamicAlignment",
+    "ExplainableLayer",
     "build_model",
     "contribution_map",
     "contributions",

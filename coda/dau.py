@@ -67,6 +67,22 @@ def norm_factor(norm_sq: torch.Tensor, norm: str) -> torch.Tensor:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
+def normalise(w: torch.Tensor, norm: str, dim: int = -1) -> torch.Tensor:
+    """The rescaled dynamic weights ``g(w) = alpha(||w||) w``.
+
+    Parameters
+    ----------
+    w : tensor of weight vectors, each one along ``dim`` (e.g. (N, C_out, d) with ``dim=-1``).
+    norm : ``"squash"`` or ``"l2"`` (see :func:`norm_factor`).
+    dim : the dimension that holds the entries of one weight vector.
+
+    Returns
+    -------
+    tensor of the shape of ``w``; every vector has norm < 1 (squash) or 1 (l2, w != 0).
+    """
+    return w * norm_factor(w.pow(2).sum(dim, keepdim=True), norm)
+
+
 def dau(
     x: torch.Tensor,
     A: torch.Tensor,
@@ -90,9 +106,7 @@ def dau(
     -------
     (N, C_out) outputs.
     """
-    w = dynamic_weights(x, A, B, b)  # (N, C_out, d)
-    alpha = norm_factor(w.pow(2).sum(-1), norm)  # (N, C_out)
-    weights = w * alpha.unsqueeze(-1)
+    weights = normalise(dynamic_weights(x, A, B, b), norm)  # (N, C_out, d)
     if detach_weights:
         weights = weights.detach()
     return (weights * x.unsqueeze(1)).sum(-1)
@@ -309,7 +323,7 @@ def dau_conv2d_materialised(
     weight_1x1 = B.flatten(2).permute(0, 2, 1).reshape(c_out * d, r, 1, 1)
     bias = None if b is None else b.reshape(c_out * d)
     weights = F.conv2d(z, weight_1x1, bias).reshape(n, c_out, d, h_out * w_out)
-    weights = weights * norm_factor(weights.pow(2).sum(2, keepdim=True), norm)
+    weights = normalise(weights, norm, dim=2)
     if detach_weights:
         weights = weights.detach()
     out = (weights * patches.unsqueeze(1)).sum(2)

@@ -18,17 +18,19 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from coda.layers import CoDAConv2d, DynamicAlignment
+from coda.layers import ExplainableLayer
 from coda.models import CoDANet
 
 
 @contextlib.contextmanager
 def explanation_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Treat the dynamic weights of every DA/CoDA layer in ``model`` as constants.
+    """Treat the dynamic weights of every :class:`coda.layers.ExplainableLayer` in ``model`` as constants.
 
-    Restores each layer's previous setting on exit, also when the body raises.
+    Sets ``explain = True`` on each of them (DA and CoDA layers, and any subclass of
+    ``ExplainableLayer``) and restores each layer's previous setting on exit, also when the
+    body raises.
     """
-    layers = [m for m in model.modules() if isinstance(m, (CoDAConv2d, DynamicAlignment))]
+    layers = [m for m in model.modules() if isinstance(m, ExplainableLayer)]
     previous = [m.explain for m in layers]
     try:
         for m in layers:
@@ -106,7 +108,9 @@ def contributions(model: CoDANet, images: torch.Tensor, target, layer: int | Non
     images : (B, 3, H, W) float images in [0, 1]; not modified.
     target : an int class, or a (B,) integer tensor (one class per example).
     layer : None for the model's encoded input ``[x, 1 - x]`` (B, 6, H, W), or the 0-based
-        index of a CoDA layer, for contributions of that layer's input (B, C_l, H_l, W_l).
+        index of a CoDA layer, for contributions of that layer's input (B, C_l, H_l, W_l):
+        ``layer=l`` is the input of ``model.layers[l]``, counted from 0 among the CoDA layers
+        (a hybrid's stem is not counted; docs/method.md#layer-numbering).
 
     Returns
     -------

@@ -1,4 +1,10 @@
-"""Dynamic alignment layers as ``nn.Module``s: thin wrappers around :mod:`coda.dau`."""
+"""Dynamic alignment layers as ``nn.Module``s: thin wrappers around :mod:`coda.dau`.
+
+Both layers follow torch's argument order (``nn.Linear``, ``nn.Conv2d``) for what torch's
+layers have, and take the method's own arguments (``rank``, ``norm``, ``weight_bias``) by
+keyword only. Both subclass :class:`ExplainableLayer`, whose explanation mode
+(:func:`coda.explanation_mode`) freezes them to the linear map ``x -> W(x) x``.
+"""
 
 from __future__ import annotations
 
@@ -22,32 +28,48 @@ def _positive_int(name: str, value: int) -> int:
     return value
 
 
-class DynamicAlignment(nn.Module):
+class ExplainableLayer(nn.Module):
+    """Base class of the layers that have an explanation mode.
+
+    Such a layer computes ``W(x) x`` with weights ``W(x)`` that depend on its input. While
+    ``self.explain`` is True its forward pass must treat ``W(x)`` as a constant: the output is
+    unchanged and the gradient with respect to ``x`` is ``W(x)`` itself, so a network of such
+    layers is linear in its input (docs/method.md#contributions). :func:`coda.explanation_mode`
+    sets ``explain`` on every ``ExplainableLayer`` of a model and restores it afterwards; a new
+    layer type takes part by subclassing this class and reading ``self.explain`` in ``forward``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.explain = False
+
+
+class DynamicAlignment(ExplainableLayer):
     """A dynamic alignment (DA) layer on vectors: ``out_j = g(B_j A x + b_j)^T x``.
 
     Parameters
     ----------
     in_features : d, the input length.
     out_features : number of DAUs.
-    rank : r, the shared bottleneck of the dynamic weights.
+    rank : r, the shared bottleneck of the dynamic weights (keyword-only).
     norm : ``"squash"`` (|out_j| < ||x||) or ``"l2"`` (out_j = ||x|| cos(w_j, x)).
-    bias : whether the dynamic weights have a bias ``b_j``.
+    weight_bias : whether the dynamic weights have a bias ``b_j`` (the parameter ``b``); the
+        output never has a bias.
 
     Shapes: (N, in_features) -> (N, out_features).
     """
 
     def __init__(
-        self, in_features: int, out_features: int, rank: int, norm: str = "squash", bias: bool = True
+        self, in_features: int, out_features: int, *, rank: int, norm: str = "squash", weight_bias: bool = True
     ):
         super().__init__()
         self.in_features = _positive_int("in_features", in_features)
         self.out_features = _positive_int("out_features", out_features)
         self.rank = _positive_int("rank", rank)
         self.norm = _check_norm(norm)
-        self.explain = False
         self.A = nn.Parameter(torch.empty(rank, in_features))
         self.B = nn.Parameter(torch.empty(out_features, rank, in_features))
-        self.b = nn.Parameter(torch.empty(out_features, in_features)) if bias else None
+        self.b = nn.Parameter(torch.empty(out_features, in_features)) if weight_bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -61,28 +83,29 @@ class DynamicAlignment(nn.Module):
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised dynamic weights ``g(w_j(x))``, (N, d) -> (N, out_features, d)."""
-        w = F_dau.dynamic_weights(x, self.A, self.B, self.b)
-        return w * F_dau.norm_factor(w.pow(2).sum(-1, keepdim=True), self.norm)
+        return F_dau.normalise(F_dau.dynamic_weights(x, self.A, self.B, self.b), self.norm)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_features}, {self.out_features}, rank={self.rank}, norm={self.norm!r}, "
-            f"bias={self.b is not None}"
+            f"weight_bias={self.b is not None}"
         )
 
 
-class CoDAConv2d(nn.Module):
+class CoDAConv2d(ExplainableLayer):
     """A convolutional dynamic alignment layer: a DA layer applied to every k x k patch.
 
     Parameters
     ----------
     in_channels, out_channels : C_in and C_out (the number of DAUs).
     kernel_size : k (square kernels).
-    rank : r, rank of the dynamic weights (the 1x1 bottleneck ``A``).
     stride : the patch stride.
     padding : zero padding; ``None`` means ``(k - 1) // 2``.
+    rank : r, rank of the dynamic weights (the bottleneck ``A``); keyword-only, so that an
+        ``nn.Conv2d``-style call ``CoDAConv2d(16, 32, 3, 2)`` cannot set it by accident.
     norm : ``"squash"`` (all published models) or ``"l2"``.
-    bias : whether the dynamic weights have a bias ``b_j`` (the output never has one).
+    weight_bias : whether the dynamic weights have a bias ``b_j`` (the parameter ``b``); the
+        output never has a bias.
 
     Parameters (``nn.Parameter``): ``A`` (r, C_in, k, k), ``B`` (C_out, r, C_in, k, k),
     ``b`` (C_out, C_in, k, k) or None. Their count equals the paper's
@@ -91,7 +114,10 @@ class CoDAConv2d(nn.Module):
     Shapes: (N, C_in, H, W) -> (N, C_out, H_out, W_out), computed without materialising
     the ``C_out * C_in * k^2`` dynamic weights per position (see :mod:`coda.dau`).
     Set ``explain = True`` (or use :func:`coda.explanation_mode`) to treat the dynamic
-    weights as constants.
+    weights as constants. The published checkpoint layout converts to this one in
+    :mod:`coda.reference`.
+
+    Example: ``CoDAConv2d(16, 32, 3, 2, rank=8)`` has stride 2 and padding 1.
     """
 
     def __init__(
@@ -99,11 +125,12 @@ class CoDAConv2d(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
-        rank: int,
         stride: int = 1,
         padding: int | None = None,
+        *,
+        rank: int,
         norm: str = "squash",
-        bias: bool = True,
+        weight_bias: bool = True,
     ):
         super().__init__()
         self.in_channels = _positive_int("in_channels", in_channels)
@@ -115,11 +142,10 @@ class CoDAConv2d(nn.Module):
         if not isinstance(self.padding, int) or self.padding < 0:
             raise ValueError(f"padding must be None or an int >= 0, got {padding!r}")
         self.norm = _check_norm(norm)
-        self.explain = False
         k = kernel_size
         self.A = nn.Parameter(torch.empty(rank, in_channels, k, k))
         self.B = nn.Parameter(torch.empty(out_channels, rank, in_channels, k, k))
-        self.b = nn.Parameter(torch.empty(out_channels, in_channels, k, k)) if bias else None
+        self.b = nn.Parameter(torch.empty(out_channels, in_channels, k, k)) if weight_bias else None
         self.reset_parameters()
 
     @property
@@ -142,8 +168,8 @@ class CoDAConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"rank={self.rank}, stride={self.stride}, padding={self.padding}, "
-            f"norm={self.norm!r}, bias={self.b is not None}"
+            f"stride={self.stride}, padding={self.padding}, rank={self.rank}, "
+            f"norm={self.norm!r}, weight_bias={self.b is not None}"
         )
 
 

@@ -4,15 +4,14 @@
 
 ``build_model(name, **overrides)`` builds the paper's configurations ("cifar10-9L-S",
 "imagenet100-9L-L"), small CPU configurations, and hybrids whose first layers are a
-conventional CNN stem (``stem_depth``).
+conventional CNN stem (``stem_depth``). The authors' published checkpoints load through
+:func:`coda.reference.from_reference_state_dict`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -181,7 +180,7 @@ class CoDANet(nn.Module):
             if i < config.stem_depth:
                 stem.append(conv_block(c_in, c_out, k, s, last=i == len(config.channels) - 1))
             else:
-                layers.append(CoDAConv2d(c_in, c_out, k, r, stride=s, norm=config.norm))
+                layers.append(CoDAConv2d(c_in, c_out, k, s, rank=r, norm=config.norm))
             c_in = c_out
         self.stem = nn.Sequential(*stem)
         self.layers = nn.ModuleList(layers)
@@ -196,7 +195,9 @@ class CoDANet(nn.Module):
         return torch.cat([images, 1 - images], dim=1)
 
     def layer_input(self, images: torch.Tensor, layer: int) -> torch.Tensor:
-        """The input of CoDA layer ``layer`` (0-based), (B, C_l, H_l, W_l).
+        """The input of CoDA layer ``layer`` (0-based, the stem not counted), (B, C_l, H_l, W_l).
+
+        The project's layer numbering: docs/method.md#layer-numbering.
 
         ``layer == len(self.layers)`` gives the output of the last layer.
         """
@@ -240,60 +241,3 @@ def check_images(images: torch.Tensor, channels: int) -> None:
     if not torch.isfinite(images).all():
         raise ValueError("images contain NaN or inf")
 
-
-# ----- the authors' published checkpoints (METHOD.md section 6) ---------------------------
-
-_REFERENCE_KEY = re.compile(r"^(\d+)\.weight_mod\.weighting_f\.0\.weight$")
-
-
-def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor], name: str, **overrides) -> CoDANet:
-    """Build ``name`` and load a state dict in the authors' published layout.
-
-    The published files are ``nn.Sequential`` state dicts with, per CoDA layer ``i``:
-    ``i.weight_mod.weighting_f.0.weight`` (A, [r, C_in, k, k]),
-    ``i.weight_mod.weighting_f.1.weight`` (B, [C_out*d, r, 1, 1]) and ``...1.bias``
-    ([C_out*d]), where output channel ``p * C_out + j`` belongs to patch entry ``p``
-    (unfold order) of DAU ``j``. A ``module.`` prefix (DataParallel) is accepted.
-    """
-    model = build_model(name, **overrides)
-    if model.config.stem_depth:
-        raise ValueError("published checkpoints are pure CoDA-Nets; stem_depth must be 0")
-    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    indices = sorted(int(m.group(1)) for k in sd if (m := _REFERENCE_KEY.match(k)))
-    if len(indices) != len(model.layers):
-        raise ValueError(
-            f"expected {len(model.layers)} CoDA layers for {name!r} in the state dict, found "
-            f"{len(indices)} keys like 'i.weight_mod.weighting_f.0.weight'"
-        )
-    for layer, i in zip(model.layers, indices, strict=True):
-        prefix = f"{i}.weight_mod.weighting_f."
-        missing = [prefix + k for k in ("1.weight", "1.bias") if prefix + k not in sd]
-        if missing:
-            raise ValueError(f"layer {i}: missing keys {missing}")
-        A, B, b = sd[prefix + "0.weight"], sd[prefix + "1.weight"], sd[prefix + "1.bias"]
-        c_out, r, d = layer.out_channels, layer.rank, layer.patch_size
-        expected = {"A": ((r, layer.in_channels, layer.kernel_size, layer.kernel_size), A.shape),
-                    "B": ((c_out * d, r, 1, 1), B.shape),
-                    "bias": ((c_out * d,), b.shape)}
-        for what, (want, got) in expected.items():
-            if tuple(got) != want:
-                raise ValueError(f"layer {i}: {what} has shape {tuple(got)}, expected {want}")
-        with torch.no_grad():
-            layer.A.copy_(A)
-            layer.B.copy_(B.reshape(d, c_out, r).permute(1, 2, 0).reshape(layer.B.shape))
-            layer.b.copy_(b.reshape(d, c_out).T.reshape(layer.b.shape))
-    return model
-
-
-def to_reference_state_dict(model: CoDANet) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`from_reference_state_dict` (layers numbered 0, 1, ...)."""
-    out = {}
-    for i, layer in enumerate(model.layers):
-        c_out, r, d = layer.out_channels, layer.rank, layer.patch_size
-        prefix = f"{i}.weight_mod.weighting_f."
-        out[prefix + "0.weight"] = layer.A.detach().clone()
-        B = layer.B.detach().reshape(c_out, r, d).permute(2, 0, 1).reshape(d * c_out, r, 1, 1)
-        out[prefix + "1.weight"] = B.clone()
-        if layer.b is not None:
-            out[prefix + "1.bias"] = layer.b.detach().reshape(c_out, d).T.reshape(-1).clone()
-    return out

@@ -394,7 +394,7 @@ def dau_explorer(W: torch.Tensor | None = None, angle: float = 60.0, length: flo
     import ipywidgets as widgets
     from matplotlib.figure import Figure
 
-    from coda.dau import norm_factor
+    from coda.dau import normalise
     from coda.theory import dau_of_matrix, unit_vectors
 
     W = _default_dau_matrix() if W is None else torch.as_tensor(W, dtype=torch.float64)
@@ -444,7 +444,7 @@ def dau_explorer(W: torch.Tensor | None = None, angle: float = 60.0, length: flo
         x = r * unit_vectors(a)[None]
         y = float(dau_of_matrix(x, W, g)[0])
         Wx = x @ W.T
-        weight = (Wx * norm_factor(Wx.pow(2).sum(-1, keepdim=True), g))[0]
+        weight = normalise(Wx, g)[0]
         shown_x = x[0] / r
         arrows.set_UVC([float(shown_x[0]), float(weight[0])], [float(shown_x[1]), float(weight[1])])
         marker.set_data([a], [y / r])

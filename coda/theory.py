@@ -130,7 +130,7 @@ def train_dau(
     steps: int = 300,
     lr: float = 0.02,
     norm: str = "l2",
-    bias: bool = False,
+    weight_bias: bool = False,
     temperature: float | None = None,
     seed: int = 0,
 ) -> tuple[DynamicAlignment, list[float]]:
@@ -141,7 +141,7 @@ def train_dau(
     X : (n, d) data (the layer is created on its device).
     rank : r, rank of ``W = B A``.
     steps, lr : Adam steps and learning rate.
-    norm, bias : passed to :class:`coda.DynamicAlignment`.
+    norm, weight_bias : passed to :class:`coda.DynamicAlignment`.
     temperature : ``None`` maximises the mean output directly (loss ``-mean DAU(x)``);
         a number ``T`` instead minimises the binary cross-entropy of ``sigmoid(DAU(x) / T)``
         against the target 1 (loss ``mean softplus(-DAU(x) / T)``), as the network's
@@ -154,7 +154,7 @@ def train_dau(
     """
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        layer = DynamicAlignment(X.shape[1], 1, rank, norm=norm, bias=bias).to(X.device)
+        layer = DynamicAlignment(X.shape[1], 1, rank=rank, norm=norm, weight_bias=weight_bias).to(X.device)
     opt = torch.optim.Adam(layer.parameters(), lr=lr)
     losses = []
     for _ in range(steps):

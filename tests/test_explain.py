@@ -9,6 +9,7 @@ from torch.testing import assert_close
 from coda import (
     CoDAConv2d,
     DynamicAlignment,
+    ExplainableLayer,
     build_model,
     contribution_map,
     contributions,
@@ -196,6 +197,29 @@ def test_explanation_mode_restores_flags_after_an_exception_and_when_nested():
             assert all(m.explain for m in net)
         assert all(m.explain for m in net)  # the inner exit keeps the outer state
     assert [m.explain for m in net] == before
+
+
+class NormScaling(ExplainableLayer):
+    """A toy dynamic linear layer: ``y = ||x|| x``, i.e. ``W(x) = ||x|| I``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.norm(dim=-1, keepdim=True)
+        return (scale.detach() if self.explain else scale) * x
+
+
+def test_explanation_mode_switches_any_explainable_layer_and_nothing_else():
+    layer, plain = NormScaling(), nn.Linear(4, 4)
+    plain.explain = False  # an attribute of the same name on another module is left alone
+    net = nn.Sequential(plain, layer).double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with explanation_mode(net):
+        assert layer.explain and not plain.explain
+        frozen = plain(x).detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(layer(frozen).sum(), frozen)
+    assert not layer.explain
+    assert_close(grad, frozen.norm(dim=-1, keepdim=True).expand(3, 4).detach())  # the frozen W(x)
+    (full,) = torch.autograd.grad(layer(frozen).sum(), frozen)
+    assert not torch.allclose(full, grad)
 
 
 # ----- bad arguments ---------------------------------------------------------------------------

@@ -17,9 +17,9 @@ def oracle_layer(layer, x, weights_from=None):
 
 
 @pytest.mark.parametrize("norm", ["squash", "l2"])
-@pytest.mark.parametrize("bias", [True, False])
-def test_conv_layer_matches_oracle(norm, bias):
-    layer = CoDAConv2d(3, 4, 3, rank=5, stride=2, norm=norm, bias=bias).double()
+@pytest.mark.parametrize("weight_bias", [True, False])
+def test_conv_layer_matches_oracle(norm, weight_bias):
+    layer = CoDAConv2d(3, 4, 3, rank=5, stride=2, norm=norm, weight_bias=weight_bias).double()
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
     assert_close(layer(x), oracle_layer(layer, x), rtol=1e-10, atol=1e-12)
 
@@ -98,9 +98,38 @@ def test_parameter_count_matches_the_paper_convolutions():
 
 def test_extra_repr_shows_rank_and_norm():
     text = repr(CoDAConv2d(3, 4, 3, rank=5, norm="l2"))
-    assert "rank=5" in text and "norm='l2'" in text
-    text = repr(DynamicAlignment(6, 2, rank=3))
-    assert "rank=3" in text and "norm='squash'" in text
+    assert "rank=5" in text and "norm='l2'" in text and "weight_bias=True" in text
+    text = repr(DynamicAlignment(6, 2, rank=3, weight_bias=False))
+    assert "rank=3" in text and "norm='squash'" in text and "weight_bias=False" in text
+
+
+# ----- the constructor contract: nn.Conv2d's order, the method's arguments keyword-only -------
+
+
+def test_conv2d_style_call_sets_the_stride_and_padding():
+    layer = CoDAConv2d(16, 32, 3, 2, rank=8)
+    assert (layer.stride, layer.padding, layer.rank) == (2, 1, 8)
+    assert layer(torch.rand(1, 16, 8, 8)).shape == (1, 32, 4, 4)
+    assert CoDAConv2d(16, 32, 3, 1, 0, rank=8).padding == 0
+
+
+def test_rank_is_keyword_only_and_required():
+    with pytest.raises(TypeError):
+        CoDAConv2d(16, 32, 3, 2)  # nn.Conv2d-style: the 4th argument is the stride, no rank
+    with pytest.raises(TypeError):
+        CoDAConv2d(16, 32, 3, 1, 1, 8)
+    with pytest.raises(TypeError):
+        DynamicAlignment(6, 2, 3)
+
+
+def test_weight_bias_switches_the_bias_of_the_dynamic_weights():
+    with_bias, without = CoDAConv2d(3, 4, 3, rank=2), CoDAConv2d(3, 4, 3, rank=2, weight_bias=False)
+    assert with_bias.b.shape == (4, 3, 3, 3) and without.b is None
+    assert set(with_bias.state_dict()) == {"A", "B", "b"}  # the keys of the shipped checkpoints
+    assert set(without.state_dict()) == {"A", "B"}
+    assert DynamicAlignment(6, 2, rank=3, weight_bias=False).b is None
+    with pytest.raises(TypeError):
+        CoDAConv2d(3, 4, 3, rank=2, bias=False)  # the old name is not silently accepted
 
 
 @pytest.mark.parametrize(
