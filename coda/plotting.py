@@ -340,6 +340,214 @@ def plot_removal_curves(fractions, curves: Mapping[str, Sequence[float]], ax=Non
     return ax
 
 
+# ----- sweeps and interpretable depth (notebooks 03 and 04) ---------------------------------
+#
+# The sweep figures take result rows, one dict per trained run, as ``coda.sweeps`` writes them
+# (``temperature``, ``rank_factor``, ``stem_depth``, ``parameters``, ``test_accuracy``,
+# ``localisation_mean``, ``removal_mean``, ...; None where a metric does not apply). The
+# per-layer panels take the tick labels from the caller, who knows how the layers are named.
+
+CHANCE_3X3 = 1 / 9  # the grid pointing game's chance level
+
+
+def _points(rows: Sequence[Mapping], x_key: str, y_key: str) -> tuple[list, list]:
+    """(x, y) lists of the rows that have a ``y_key`` value (None: the metric does not apply)."""
+    points = [(r[x_key], r[y_key]) for r in rows if r[y_key] is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_temperature_sweep(rows: Sequence[Mapping], epochs: int,
+                           published_localisation: Mapping[float, float] | None = None,
+                           published_removal: Mapping[float, float] | None = None):
+    """Test accuracy, localisation and pixel removal against the temperature (three panels).
+
+    Parameters
+    ----------
+    rows : one dict per run with ``temperature``, ``test_accuracy``, ``localisation_mean`` and
+        ``removal_mean``.
+    epochs : training epochs of every run (for the title).
+    published_localisation, published_removal : ``{T: value}``, the published trend of the
+        CoDA contributions (``coda.evaluate.PUBLISHED``), drawn as a dashed line.
+
+    Returns
+    -------
+    The figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    panels = [("test_accuracy", "test accuracy", None),
+              ("localisation_mean", "localisation (mean)", published_localisation),
+              ("removal_mean", "pixel removal (mean probability)", published_removal)]
+    for ax, (key, label, published) in zip(axes, panels, strict=True):
+        ax.plot(*_points(rows, "temperature", key), "o-", label="sweep")
+        if published:
+            ax.plot(list(published), list(published.values()), "D--", color=PALETTE[3],
+                    label="published (9L-S, f = 32, 200 epochs)")
+        ax.set(xscale="log", xlabel="temperature T", ylabel=label, ylim=(0, 1))
+    axes[1].axhline(CHANCE_3X3, color="0.5", ls=":", lw=1, label="chance (3x3)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"Temperature sweep ({epochs} epochs per run)")
+    return fig
+
+
+def plot_rank_sweep(rows: Sequence[Mapping], rank_factors: Sequence[int], epochs: int, temperature: float = 1000):
+    """Accuracy and localisation (left) and the parameter count (right) against the rank factor.
+
+    Parameters
+    ----------
+    rows : one dict per run with ``rank_factor``, ``test_accuracy``, ``localisation_mean`` and
+        ``parameters``.
+    rank_factors : the x ticks (the sweep's values of f; ranks [f, f, 2f x 7]).
+    epochs, temperature : of every run (for the title).
+
+    Returns
+    -------
+    The figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    axes[0].plot(*_points(rows, "rank_factor", "test_accuracy"), "o-", label="test accuracy")
+    axes[0].plot(*_points(rows, "rank_factor", "localisation_mean"), "s-", label="localisation (mean)")
+    axes[0].axhline(CHANCE_3X3, color="0.5", ls=":", lw=1, label="chance (3x3)")
+    axes[0].set(ylim=(0, 1))
+    axes[0].legend(fontsize=8)
+    f, parameters = _points(rows, "rank_factor", "parameters")
+    axes[1].plot(f, [p / 1e6 for p in parameters], "o-")
+    axes[1].set(ylabel="parameters (millions)", ylim=(0, None))
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(rank_factors), [str(f) for f in rank_factors])
+        ax.minorticks_off()
+        ax.set_xlabel("rank factor f (ranks [f, f, 2f x 7])")
+    fig.suptitle(f"Rank sweep at T = {temperature:g} ({epochs} epochs per run)")
+    return fig
+
+
+def plot_layer_localisation(ax, labels: Sequence[str], means: Sequence[float],
+                            medians: Sequence[float] | None = None, title: str = "",
+                            xlabel: str = "explained: input of", ylabel: str = "localisation",
+                            chance_label: str | None = None):
+    """Localisation of the contributions explained at each layer's input, left to right.
+
+    Parameters
+    ----------
+    ax : the axes to draw into.
+    labels : one tick label per explained layer ("input", "L1", ...).
+    means, medians : the pointing-game score per layer; medians are drawn only if given.
+    chance_label : the legend label of the chance line (None: not in a legend).
+    """
+    x = range(len(means))
+    ax.plot(x, means, "o-", label="mean")
+    if medians is not None:
+        ax.plot(x, medians, "s--", ms=4, label="median")
+    ax.set_xticks(x, list(labels))
+    ax.axhline(CHANCE_3X3, color="0.5", ls=":", lw=1, label=chance_label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(0, 1), title=title)
+    return ax
+
+
+def plot_interpretable_depth(layer_labels: Sequence[str] = (), layer_rows: Sequence[Mapping] = (),
+                             layers_model: str = "", hybrids: Sequence[Mapping] = (),
+                             cnn_rows: Sequence[Mapping] = (), same_layer: Sequence[tuple[int, float]] = ()):
+    """Notebook 03's figure: localisation at every layer's input, and the hybrids' trade-off.
+
+    Parameters
+    ----------
+    layer_labels, layer_rows : one tick label and one row (``localisation_mean``,
+        ``localisation_median``, ``n_grids``) per explained layer of ``layers_model``; no rows,
+        no panel.
+    hybrids : one row per stem depth (``stem_depth``, ``localisation_mean``, ``test_accuracy``,
+        ``epochs``); no rows, no panel.
+    cnn_rows : the all-conventional baseline's rows (``test_accuracy``), drawn as a dashed line.
+    same_layer : ``(d, localisation)`` of the pure network explained from layer ``d``; drawn
+        when there are two or more.
+
+    Returns
+    -------
+    The figure (one or two panels).
+    """
+    import matplotlib.pyplot as plt
+
+    panels = [p for p, have in (("layers", layer_rows), ("hybrids", hybrids)) if have]
+    if not panels:
+        raise ValueError("nothing to draw: no per-layer rows and no hybrids")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.3), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        if panel == "layers":
+            plot_layer_localisation(ax, layer_labels, [r["localisation_mean"] for r in layer_rows],
+                                    [r["localisation_median"] for r in layer_rows],
+                                    title=f"{layers_model} ({layer_rows[0]['n_grids']} grids)",
+                                    chance_label="chance (3x3 grid)")
+            ax.legend(fontsize=7)
+        else:
+            _plot_hybrids(ax, hybrids, cnn_rows, same_layer)
+    fig.suptitle("How deep the explanation starts, and what it costs")
+    return fig
+
+
+def _plot_hybrids(ax, hybrids: Sequence[Mapping], cnn_rows: Sequence[Mapping], same_layer) -> None:
+    """Localisation and accuracy of the hybrids against the stem depth (notebook 03)."""
+    depths = [r["stem_depth"] for r in hybrids]
+    ax.plot(depths, [r["localisation_mean"] for r in hybrids], "o-", label="localisation (hybrid)")
+    ax.plot(depths, [r["test_accuracy"] for r in hybrids], "s-", label="test accuracy")
+    if len(same_layer) >= 2:
+        ax.plot(*zip(*same_layer, strict=True), "^--", color="0.35", label="localisation, no stem, from layer d")
+    for r in cnn_rows:
+        ax.axhline(r["test_accuracy"], color="0.4", ls="--", lw=1, label="accuracy of the CNN baseline")
+    ax.set_xticks(depths)
+    ax.set(xlabel="stem depth d (conventional layers)", title=f"hybrids ({hybrids[0]['epochs']} epochs each)")
+    ax.axhline(CHANCE_3X3, color="0.5", ls=":", lw=1, label="chance (3x3 grid)")
+    ax.set_ylim(0, 1)
+    # The legend goes between the curves and the chance line, where nothing is drawn.
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 0.14), ncol=2)
+
+
+def plot_depth_tradeoff(hybrids: Sequence[Mapping], baselines: Sequence[Mapping] = (),
+                        same_layer: Sequence[tuple[int, float]] = (), layer_labels: Sequence[str] = (),
+                        layer_means: Sequence[float] = (), layers_model: str = ""):
+    """Notebook 04's figure: accuracy and localisation against the stem depth of the hybrids.
+
+    Parameters
+    ----------
+    hybrids : one row per stem depth (``stem_depth``, ``test_accuracy``, ``localisation_mean``).
+    baselines : the all-conventional CNN's rows (``test_accuracy``, ``parameters``), dashed.
+    same_layer : ``(d, localisation)`` of the pure network explained from layer ``d``; drawn
+        when there are two or more.
+    layer_labels, layer_means, layers_model : a third panel, the localisation at every layer's
+        input of ``layers_model``, when given.
+
+    Returns
+    -------
+    The figure (two or three panels).
+    """
+    import matplotlib.pyplot as plt
+
+    n_panels = 2 + bool(len(layer_means))
+    fig, axes = plt.subplots(1, n_panels, figsize=(4 * n_panels, 3.4), squeeze=False)
+    ax_acc, ax_loc = axes[0, :2]
+    depths = [r["stem_depth"] for r in hybrids]
+    ax_acc.plot(*_points(hybrids, "stem_depth", "test_accuracy"), "o-", label="hybrid (stem + CoDA)")
+    for r in baselines:
+        ax_acc.axhline(r["test_accuracy"], color="0.4", ls="--", lw=1, label=f"CNN baseline ({r['parameters']:,} par.)")
+    ax_acc.set(xlabel="stem depth (conventional layers)", ylabel="test accuracy", ylim=(0, 1))
+    ax_acc.set_xticks(depths)
+    ax_acc.legend(fontsize=8)
+    ax_loc.plot(*_points(hybrids, "stem_depth", "localisation_mean"), "o-", label="hybrid, from its first CoDA layer")
+    if len(same_layer) >= 2:
+        ax_loc.plot(*zip(*same_layer, strict=True), "^--", color="0.35", label="no stem, explained from layer d")
+    ax_loc.axhline(CHANCE_3X3, color="0.5", ls=":", lw=1, label="chance (3x3)")
+    ax_loc.set_xticks(depths)
+    ax_loc.set(xlabel="stem depth", ylabel="localisation (mean)", ylim=(0, 1), title="explained at the first CoDA layer")
+    ax_loc.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 0.14))
+    if len(layer_means):
+        plot_layer_localisation(axes[0, 2], layer_labels, layer_means, title=f"every layer of {layers_model}",
+                                xlabel="explained input", ylabel="localisation (mean)")
+    fig.suptitle("Interpretable depth: accuracy and localisation against the conventional part's depth")
+    return fig
+
+
 # ----- interactive explorers (ipywidgets; testable without a browser) ----------------------
 
 

@@ -184,3 +184,77 @@ def test_contribution_explorer_updates_headlessly():
     layer_menu.value = 2  # the input of the third CoDA layer, at a coarser resolution
     assert state["layer"] == 2 and state["map"].shape == (16, 16)
     assert state["total"] == pytest.approx(state["logit"] - model.logit_bias, abs=1e-4)
+
+
+# ----- the sweep and interpretable-depth figures ----------------------------------------------
+
+
+def _xy(line):
+    return list(line.get_xdata()), list(line.get_ydata())
+
+
+def _row(**values):
+    return {"test_accuracy": 0.7, "localisation_mean": 0.5, "removal_mean": 0.8, "parameters": 1_000_000,
+            "localisation_median": 0.52, "n_grids": 100, "epochs": 5} | values
+
+
+def test_temperature_sweep_draws_the_rows_and_the_published_trend():
+    rows = [_row(temperature=10, localisation_mean=0.3), _row(temperature=1000, localisation_mean=0.6,
+                                                              removal_mean=None)]
+    fig = plotting.plot_temperature_sweep(rows, 5, {10: 0.314, 1000: 0.912}, {10: 0.801})
+    acc, loc, removal = fig.axes
+    assert _xy(acc.lines[0]) == ([10, 1000], [0.7, 0.7])
+    assert _xy(loc.lines[0]) == ([10, 1000], [0.3, 0.6])
+    assert _xy(loc.lines[1]) == ([10, 1000], [0.314, 0.912])  # published
+    assert _xy(removal.lines[0]) == ([10], [0.8])  # a run without the metric is left out
+    assert loc.lines[-1].get_ydata()[0] == pytest.approx(1 / 9)  # chance
+    assert len(acc.lines) == 1 and "5 epochs" in fig._suptitle.get_text()
+
+
+def test_rank_sweep_draws_parameters_in_millions_on_the_rank_factors():
+    rows = [_row(rank_factor=f, parameters=p) for f, p in ((4, 1_076_984), (8, 2_034_960))]
+    fig = plotting.plot_rank_sweep(rows, [4, 8, 16], epochs=5)
+    left, right = fig.axes
+    assert _xy(left.lines[0]) == ([4, 8], [0.7, 0.7])
+    assert _xy(right.lines[0]) == ([4, 8], [1.076984, 2.03496])
+    assert [t.get_text() for t in right.get_xticklabels()] == ["4", "8", "16"]
+    assert "T = 1000" in fig._suptitle.get_text()
+
+
+@pytest.mark.parametrize("medians", [None, [0.5, 0.4]])
+def test_layer_localisation_panel(medians):
+    _, ax = plt.subplots()
+    plotting.plot_layer_localisation(ax, ["input", "L1"], [0.6, 0.5], medians, title="t")
+    assert len(ax.lines) == (2 if medians is None else 3)  # the chance line is the last
+    assert _xy(ax.lines[0]) == ([0, 1], [0.6, 0.5])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["input", "L1"]
+    assert ax.get_ylim() == (0, 1) and ax.get_title() == "t"
+
+
+def test_interpretable_depth_has_a_panel_for_what_is_given():
+    layers = [_row(localisation_mean=0.7), _row(localisation_mean=0.6)]
+    hybrids = [_row(stem_depth=1, localisation_mean=0.5), _row(stem_depth=3, localisation_mean=0.4)]
+    assert len(plotting.plot_interpretable_depth(["input", "L1"], layers, "m").axes) == 1
+    fig = plotting.plot_interpretable_depth(hybrids=hybrids, cnn_rows=[_row(test_accuracy=0.8)],
+                                            same_layer=[(1, 0.6), (3, 0.55)])
+    (ax,) = fig.axes
+    assert _xy(ax.lines[0]) == ([1, 3], [0.5, 0.4])
+    assert _xy(ax.lines[2]) == ([1, 3], [0.6, 0.55])  # the pure network from the same layer
+    assert ax.lines[3].get_ydata()[0] == 0.8  # the CNN baseline's accuracy
+    assert len(plotting.plot_interpretable_depth(["input", "L1"], layers, "m", hybrids).axes) == 2
+    with pytest.raises(ValueError, match="nothing to draw"):
+        plotting.plot_interpretable_depth()
+
+
+def test_depth_tradeoff_adds_the_per_layer_panel_when_given():
+    hybrids = [_row(stem_depth=0, test_accuracy=0.74), _row(stem_depth=1, test_accuracy=0.75)]
+    fig = plotting.plot_depth_tradeoff(hybrids, [_row(test_accuracy=0.82, parameters=1_888_650)])
+    assert len(fig.axes) == 2
+    acc, loc = fig.axes
+    assert _xy(acc.lines[0]) == ([0, 1], [0.74, 0.75])
+    assert "1,888,650" in acc.get_legend().get_texts()[1].get_text()
+    assert len(loc.lines) == 2  # hybrids and chance; one same-layer point is not a trend
+    fig = plotting.plot_depth_tradeoff(hybrids, same_layer=[(0, 0.6), (1, 0.58)], layer_labels=["input", "L1"],
+                                       layer_means=[0.7, 0.6], layers_model="m")
+    assert len(fig.axes) == 3 and fig.axes[2].get_title() == "every layer of m"
+    assert len(fig.axes[1].lines) == 3
