@@ -12,8 +12,9 @@ without outputs); figures go to ``--fig-dir``. The notebooks get the parameters 
 variable), ``FIG_DIR``, ``DATA_DIR`` (when given) and any ``-p NAME VALUE``. A failing
 notebook is reported with its failing cell and error, and the command exits with status 1.
 
-The module also holds the two helpers every notebook's first cells use:
-:func:`seed_everything` and :func:`resolve_device`.
+The module also holds what the notebooks share that is not the lesson: :func:`start_lesson`,
+the set-up cell after every parameters cell (smoke mode, seeds, device, figure style), and
+:func:`text_table` for printing result rows.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import random
 import re
 import sys
 import time
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -55,6 +57,65 @@ def resolve_device(device: str | None = "auto"):
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+class Lesson(typing.NamedTuple):
+    """What a lesson's set-up cell derives from its parameters (see :func:`start_lesson`)."""
+
+    smoke: bool
+    device: object  # torch.device
+    fig_dir: Path
+
+
+def start_lesson(smoke: bool | None, seed: int, device: str | None = "auto",
+                 fig_dir: str | Path = "../figures") -> Lesson:
+    """The set-up every lesson runs right after its parameters cell.
+
+    Parameters
+    ----------
+    smoke : the SMOKE parameter; None means True when the ``CI`` environment variable is
+        "true" (papermill passes an explicit bool).
+    seed : seeds Python's, NumPy's and torch's global generators (:func:`seed_everything`).
+    device : "auto"/None, "cpu", "cuda", ... (:func:`resolve_device`).
+    fig_dir : where the lesson saves its figures.
+
+    Returns
+    -------
+    ``Lesson(smoke, device, fig_dir)``, to unpack: ``SMOKE, device, fig_dir = start_lesson(...)``.
+    Also applies the figure style (:func:`coda.plotting.use_style`), an explicit call so that
+    importing the package never changes matplotlib's settings.
+    """
+    from coda import plotting
+
+    if smoke is None:
+        smoke = os.environ.get("CI", "").lower() == "true"
+    seed_everything(seed)
+    plotting.use_style()
+    return Lesson(bool(smoke), resolve_device(device), Path(fig_dir))
+
+
+def text_table(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
+    """Rows of results as an aligned plain-text table, one line per row under a header.
+
+    Text columns are left-aligned, numbers right-aligned; ints get thousands separators,
+    floats three decimals (``:g`` from 10 on), None prints as "-" (a metric that does not
+    apply). The column's kind is read from the first row.
+    """
+    table = [list(columns)] + [[_cell_text(r[c]) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    left = [isinstance(rows[0][c], str) for c in columns] if rows else [True] * len(columns)
+    return "\n".join("  ".join(v.ljust(w) if lj else v.rjust(w) for v, w, lj in zip(line, widths, left, strict=True))
+                     for line in table)
+
+
+def _cell_text(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (str, bool)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:g}"
 
 
 def load_shipped_model(device=None) -> tuple[object | None, dict | None, str]:

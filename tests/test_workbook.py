@@ -79,3 +79,36 @@ def test_runner_injects_parameters_and_reports_the_failing_notebook_and_cell(tmp
     assert "ok" in lines["01_ok.ipynb"] and "FAILED" in lines["02_fails.ipynb"]
     assert "03_never.ipynb" not in lines
     assert "total" in lines
+
+
+# ----- what the notebooks share ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("smoke, ci, expected", [(None, "true", True), (None, "", False), (False, "true", False),
+                                                 (True, "", True)])
+def test_start_lesson_derives_smoke_seeds_and_applies_the_style(monkeypatch, smoke, ci, expected):
+    import matplotlib
+    import torch
+
+    from coda import plotting
+
+    monkeypatch.setenv("CI", ci)
+    with matplotlib.rc_context():
+        matplotlib.rcParams["savefig.dpi"] = 17
+        lesson = workbook.start_lesson(smoke, seed=3, device="cpu", fig_dir="figs")
+        assert matplotlib.rcParams["savefig.dpi"] == plotting.DPI
+    drawn = torch.rand(3)
+    torch.manual_seed(3)
+    assert torch.equal(drawn, torch.rand(3))
+    smoke_out, device, fig_dir = lesson
+    assert smoke_out is expected and device == torch.device("cpu") and str(fig_dir) == "figs"
+
+
+def test_text_table_aligns_text_left_and_numbers_right():
+    rows = [{"name": "a", "n": 1500, "acc": 0.71234, "T": 1000.0, "loc": None},
+            {"name": "long-name", "n": 2, "acc": 0.5, "T": 10.0, "loc": 0.25}]
+    assert workbook.text_table(rows, ["name", "n", "acc", "T", "loc"]).splitlines() == [
+        "name           n    acc     T    loc",
+        "a          1,500  0.712  1000      -",
+        "long-name      2  0.500    10  0.250",
+    ]
