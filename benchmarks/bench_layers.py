@@ -4,9 +4,13 @@ The package computes a CoDA layer through ordinary convolutions and r x r Gram m
 (``coda.dau.dau_conv2d``); the straightforward formula (``dau_conv2d_materialised``, what
 the authors' code does) builds all ``C_out * C_in * k^2`` dynamic weights per pixel. This
 script times one full training step of a CoDA-Net with each (forward, BCE on one-hot
-targets, backward, Adam step), in float32 and under bfloat16 autocast, and reports
+targets, backward, Adam step), in float32 and under bfloat16 autocast, and reports, after
+the machine it ran on (CPU model, instruction set, native bf16 or not, threads) and that
+machine's matmul rate measured in the same run,
 
 * images/s: ``batch * steps / seconds`` over ``--steps`` timed steps after ``--warmup``;
+* GFLOP/s: images/s times the factorised layer's FLOPs per training image
+  (``benchmarks.flops``), and its fraction of the matmul rate of the same dtype;
 * peak memory: the process's peak resident set size (``ru_maxrss``) after the steps minus
   its resident set size just before the first step, i.e. after importing torch and
   building the model, the optimiser and the batch. So it counts what a training step adds:
@@ -19,7 +23,7 @@ fraction (< 1: it needs less).
 
 Run from the repository root::
 
-    python -m benchmarks.bench_layers                     # 9L-S, batches 16 64, fp32 bf16
+    python -m benchmarks.bench_layers                     # 9L-S, batches 16 64, fp32 (and bf16 if native)
     python -m benchmarks.bench_layers --quick             # seconds: does the script work?
     python -m benchmarks.bench_layers --steps 20 --json results/bench_layers.json
     python -m benchmarks.bench_layers --profile --batches 64 --dtypes fp32   # where the time goes
@@ -32,7 +36,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -41,8 +44,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.flops import training_flops
 from coda import CoDAConv2d, build_model
 from coda.dau import dau_conv2d_materialised
+from coda.hardware import cpu_info, format_machine, machine_summary
 from coda.runtime import keep_freed_memory
 from coda.train import bce_loss
 
@@ -221,12 +226,30 @@ def add_ratios(results: list[dict]) -> list[dict]:
     return ratios
 
 
+def add_rates(results: list[dict], flops_per_image: float, machine: dict) -> list[dict]:
+    """Add the GFLOP/s of each result (factorised FLOPs per training image, the same count for
+    both modes: the work the layer has to do) and its fraction of the machine's matmul rate of
+    the same dtype (float32's where the CPU has no native bf16)."""
+    rates = machine["matmul_gflops"]
+    out = []
+    for r in results:
+        reference = r["dtype"] if r["dtype"] in rates else "fp32"
+        gflops = r["images_per_s"] * flops_per_image / 1e9
+        out.append(r | {"gflops": gflops, "fraction_of_matmul": gflops / rates[reference],
+                        "matmul_reference": reference})
+    return out
+
+
 def markdown(results: list[dict], ratios: list[dict]) -> str:
     """The results and the ratios as two markdown tables."""
-    lines = ["| mode | dtype | batch | images/s | peak memory MB |", "|---|---|---:|---:|---:|"]
+    lines = ["| mode | dtype | batch | images/s | GFLOP/s | fraction of the matmul rate | peak memory MB |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
+        fraction = f"{100 * r['fraction_of_matmul']:.0f}% of {r['matmul_reference']}" if "gflops" in r else "-"
+        gflops = f"{r['gflops']:.1f}" if "gflops" in r else "-"
         lines.append(
-            f"| {r['mode']} | {r['dtype']} | {r['batch']} | {r['images_per_s']:.1f} | {r['peak_mb']:.0f} |"
+            f"| {r['mode']} | {r['dtype']} | {r['batch']} | {r['images_per_s']:.1f} | {gflops} | {fraction} "
+            f"| {r['peak_mb']:.0f} |"
         )
     lines += [
         "",
@@ -242,7 +265,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="cifar10-9L-S", help="a name from coda.CONFIGS")
     p.add_argument("--batches", type=int, nargs="+", default=[16, 64])
-    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES,
+                   help="default: fp32, and bf16 where the CPU computes it natively")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -258,6 +282,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.batches, args.steps, args.warmup = "cifar10-tiny", [4], 1, 1
+    if args.dtypes is None:
+        args.dtypes = ["fp32", "bf16"] if cpu_info().native_bf16 else ["fp32"]
     return args
 
 
@@ -291,16 +317,21 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"measuring {mode} {dtype} batch {batch} ...", file=sys.stderr, flush=True)
                 results.append(run_in_subprocess(spec))
     ratios = add_ratios(results)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the matmul rate with the threads the steps had
+    machine = machine_summary("cpu", n=256 if args.quick else None)
+    results = add_rates(results, training_flops(build_model(args.model), args.image_size), machine)
     threads = results[0]["threads_used"] if results else None
+    print(format_machine(machine))
     print(
-        f"{args.model}, {args.steps} timed steps after {args.warmup} warm-up, torch {torch.__version__}, "
-        f"{threads} threads, {platform.processor() or platform.machine()}, "
+        f"{args.model}, {args.steps} timed steps after {args.warmup} warm-up, "
+        f"{threads} threads in the measured processes, "
         f"C allocator: {'keep_freed_memory()' if args.keep_freed_memory else 'default'}\n"
     )
     print(markdown(results, ratios))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        meta = {"torch": torch.__version__, "machine": machine, "cpu_count": os.cpu_count(),
                 "keep_freed_memory": args.keep_freed_memory}
         args.json.write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=2))
 

@@ -27,3 +27,43 @@ def test_ratios_pair_each_factorised_result_with_its_materialised_one():
     assert ratios == [{"dtype": "fp32", "batch": 4, "speed_up": 10.0, "memory_fraction": 0.25}]
     table = bench_layers.markdown(results, ratios)
     assert "| fp32 | 4 | 10.00x | 0.25 |" in table
+
+
+def test_flops_of_the_papers_model():
+    """The factorised 9L-S: the dominant C_out r d term alone is 0.861 G multiply-adds per
+    32 x 32 image (summed by hand over the nine layers); the other terms add about 28%."""
+    import coda
+    from benchmarks.flops import coda_layer_macs, forward_flops, training_flops
+
+    model = coda.build_model("cifar10-9L-S")
+    dominant = sum(pos * layer.out_channels * layer.rank * layer.patch_size
+                   for pos, layer in zip([1024, 1024, 256, 256, 256, 64, 64, 64, 64], model.layers, strict=True))
+    assert dominant == 861_405_184  # 28.3 M + 3 x 75.5 M + 4 x 151.0 M + 2.6 M
+    flops = forward_flops(model)
+    assert 2 * dominant < flops < 1.35 * 2 * dominant
+    assert training_flops(model) == 3 * flops
+    assert coda_layer_macs(patch_size=4, rank=2, out_channels=3, weight_bias=False) == 8 + 24 + 6 + 12 + 6
+    assert forward_flops(coda.build_model("cifar10-9L-S", rank_factor=8)) < flops / 3
+
+
+def test_bench_training_quick_prints_the_machine_and_fractions(capsys, tmp_path):
+    import json
+
+    from benchmarks import bench_training
+
+    bench_training.main(["--quick", "--steps", "1", "--json", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    assert out.startswith("CPU: ") and "matmul rate measured in this run" in out
+    assert "precision 'auto' here: " in out and "GFLOP/s" in out
+    record = json.loads((tmp_path / "b.json").read_text())
+    row = record["rows"][0]
+    assert row["fraction_of_matmul"] == pytest.approx(row["gflops"] / record["machine"]["matmul_gflops"]["fp32"])
+    assert row["gflops"] == pytest.approx(row["images_per_s"] * row["gflop_per_image"])
+
+
+def test_layer_rates_use_the_matmul_rate_of_the_same_dtype():
+    machine = {"matmul_gflops": {"fp32": 100.0}}
+    rows = bench_layers.add_rates([{"dtype": "fp32", "images_per_s": 10.0}, {"dtype": "bf16", "images_per_s": 20.0}],
+                                  2e9, machine)
+    assert [(r["gflops"], r["fraction_of_matmul"], r["matmul_reference"]) for r in rows] == [
+        (20.0, 0.2, "fp32"), (40.0, 0.4, "fp32")]  # no native bf16 rate: compared with float32's
