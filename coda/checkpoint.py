@@ -7,15 +7,24 @@ even if the writer is killed mid-write.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the lock file's process id is the only lock
+    fcntl = None
 
 
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
@@ -33,6 +42,19 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that interrupted :func:`atomic_write_bytes` calls for ``path``
+    left behind (a writer killed with SIGKILL cannot clean up). Returns the removed files.
+
+    Call it only while no other process writes ``path`` (e.g. holding :func:`folder_lock`).
+    """
+    path = Path(path)
+    removed = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
+    return removed
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
@@ -109,6 +131,148 @@ def _join_arrays(obj: Any, arrays: dict) -> Any:
     if isinstance(obj, list):
         return [_join_arrays(v, arrays) for v in obj]
     return obj
+
+
+# ----- folder locks: one training process per run folder ----------------------------------
+
+LOCK = "train.lock"  # in a run's folder while a process trains it; holds that process's id
+_HELD: dict[Path, list] = {}  # folder -> [open lock file, depth]: the folders this process holds
+
+
+def lock_holder(folder: str | os.PathLike) -> int | None:
+    """The id of the live process that holds ``folder``'s lock, else None.
+
+    A lock is held through ``fcntl.flock`` on ``<folder>/train.lock``, which the kernel releases
+    when its process ends however it ends (kill -9 included): a lock left by a dead process is
+    never in force. A lock file of the older kind (a process id and no flock) counts while
+    that process is alive. -1 stands for a holder that has not written its id yet.
+    """
+    folder = Path(folder)
+    if folder.resolve() in _HELD:
+        return os.getpid()
+    try:
+        f = open(folder / LOCK)
+    except OSError:
+        return None
+    with f:
+        pid, flocked = _read_lock(f)
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # held by a live process
+                return -1 if pid is None else pid
+            fcntl.flock(f, fcntl.LOCK_UN)
+    return pid if _held_by_pid_only(pid, flocked) else None
+
+
+def _read_lock(f) -> tuple[int | None, bool]:
+    """The process id in an open lock file, and whether its holder locked it with flock."""
+    f.seek(0)
+    words = f.read().split()
+    pid = int(words[0]) if words and words[0].isdigit() else None
+    return pid, fcntl is not None and "flock" in words[1:]
+
+
+def _held_by_pid_only(pid: int | None, flocked: bool) -> bool:
+    """A lock file without flock (the older kind, or no flock here) holds while its process lives."""
+    return pid is not None and not flocked and pid != os.getpid() and _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except PermissionError:  # it exists, under another user
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def claim_folder(folder: str | os.PathLike) -> bool:
+    """Take ``folder``'s lock for this process; False if another live process holds it.
+
+    Re-entrant: a process that holds the folder may claim it again (each claim needs its
+    :func:`release_folder`). The folder is created if needed.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return True
+    path = folder / LOCK
+    for _ in range(50):
+        f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+")
+        if not _flock_nowait(f):
+            f.close()
+            return False
+        try:  # the previous holder may have removed the file between our open and our lock
+            same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()
+    else:
+        raise RuntimeError(f"could not lock {path}: it keeps being replaced")
+    if _held_by_pid_only(*_read_lock(f)):
+        f.close()  # a lock file of the older kind whose process still runs
+        return False
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\nflock\n")
+    f.flush()
+    _HELD[key] = [f, 1]
+    return True
+
+
+def _flock_nowait(f) -> bool:
+    """Lock ``f`` exclusively; False if another process holds it (after a few short retries,
+    so that a concurrent :func:`lock_holder` probe does not make a claim fail)."""
+    if fcntl is None:  # no flock on this platform: the process id in the file is the lock
+        return True
+    for attempt in range(5):
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(0.02 * (attempt + 1))
+    return False
+
+
+def release_folder(folder: str | os.PathLike) -> None:
+    """Undo one :func:`claim_folder` of this process; the last one removes the lock file."""
+    key = Path(folder).resolve()
+    entry = _HELD.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] == 0:
+        del _HELD[key]
+        (key / LOCK).unlink(missing_ok=True)  # while still locked: no other process can hold it now
+        entry[0].close()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike | None) -> Iterator[None]:
+    """Hold ``folder``'s lock for the ``with`` block (nothing for ``None``).
+
+    Raises ``ValueError`` naming the process that holds it, if another live process does.
+    """
+    if folder is None:
+        yield
+        return
+    if not claim_folder(folder):
+        pid = lock_holder(folder)
+        who = f"process {pid}" if pid and pid > 0 else "another process"
+        raise ValueError(
+            f"{folder} is in use: {who} is training into it ({Path(folder) / LOCK}); wait for it to "
+            "finish, stop it, or choose another folder"
+        )
+    try:
+        yield
+    finally:
+        release_folder(folder)
 
 
 def sha256(path: str | os.PathLike) -> str:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from coda.checkpoint import load_checkpoint, save_checkpoint
+from coda.checkpoint import folder_lock, load_checkpoint, remove_temporaries, save_checkpoint
 from coda.data import ImageDataset, augment, load_cifar10, to_float
 from coda.hardware import PRECISIONS, resolve_precision, warn_if_emulated
 from coda.inference import autocast, evaluate_accuracy, predict  # noqa: F401  (re-exported)
@@ -181,7 +181,29 @@ def train(
     train_data, test_data : default to CIFAR-10 from ``data_root`` (see :mod:`coda.data`).
     stop_after_steps : stop (after saving) once this many optimiser steps ran in this call;
         for tests of resumption and for time-boxed sessions.
+
+    While it trains, the process holds ``out``'s lock (:func:`coda.checkpoint.folder_lock`):
+    a second trainer on the same folder raises ``ValueError`` naming this process at once.
+    Taking the lock removes temporary files of checkpoint writes that a killed run left.
     """
+    if not _positive_int(save_every):
+        raise ValueError(f"save_every must be an int >= 1 (optimiser steps between checkpoints), got {save_every!r}")
+    if stop_after_steps is not None and not _positive_int(stop_after_steps):
+        raise ValueError(f"stop_after_steps must be None or an int >= 1, got {stop_after_steps!r}")
+    with folder_lock(out):
+        if out is not None:
+            remove_temporaries(Path(out) / "last.pt")
+        return _train(cfg, out, device, data_root, train_data, test_data, save_every, stop_after_steps, progress)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device | None,
+           data_root: str | Path | None, train_data: ImageDataset | None, test_data: ImageDataset | None,
+           save_every: int, stop_after_steps: int | None, progress: bool) -> tuple[CoDANet, list[dict]]:
+    """The body of :func:`train`, run while this process holds ``out``."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_data = load_cifar10("train", data_root) if train_data is None else train_data
     test_data = load_cifar10("test", data_root) if test_data is None else test_data
@@ -372,8 +394,10 @@ def _cli_value(value) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     cfg, a = config_from_args(argv)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    train(cfg, a.out, device=a.device, data_root=a.data, save_every=a.save_every, progress=True)
+    try:
+        train(cfg, a.out, device=a.device, data_root=a.data, save_every=a.save_every, progress=True)
+    except (ValueError, FloatingPointError) as err:  # bad input or a diverged run: the message, no traceback
+        raise SystemExit(f"python -m coda.train: error: {err}") from err
 
 
 if __name__ == "__main__":

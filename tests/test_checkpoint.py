@@ -1,7 +1,11 @@
-"""coda.checkpoint: atomic writes, SHA-256 checks, unreadable files."""
+"""coda.checkpoint: atomic writes, SHA-256 checks, unreadable files, data files, folder locks."""
 
+import contextlib
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -145,3 +149,68 @@ def test_data_file_refuses_objects_and_names_bad_files(tmp_path):
             C.load_data(path)
     with pytest.raises(FileNotFoundError, match="not found"):
         C.load_data(tmp_path / "missing.npz")
+
+
+# ----- folder locks ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def holding_process(folder):
+    """Another process that holds ``folder``'s lock until the block ends (then it is killed -9)."""
+    code = ("import sys, time; from coda.checkpoint import claim_folder; "
+            "assert claim_folder(sys.argv[1]); print('ready', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc.pid
+    finally:
+        proc.kill()  # SIGKILL: no clean-up code runs
+        proc.wait()
+        proc.stdout.close()
+
+
+def test_a_folder_held_by_another_process_fails_at_once_naming_it(tmp_path):
+    folder = tmp_path / "run"
+    with holding_process(folder) as pid:
+        assert C.lock_holder(folder) == pid and not C.claim_folder(folder)
+        with pytest.raises(ValueError, match=f"{folder} is in use: process {pid} is training into it"):
+            with C.folder_lock(folder):
+                pass
+    assert (folder / C.LOCK).exists()  # left by the killed process, and not in force
+    assert C.lock_holder(folder) is None
+    with C.folder_lock(folder):
+        assert C.lock_holder(folder) == os.getpid()
+    assert not (folder / C.LOCK).exists()
+
+
+def test_older_lock_files_count_while_their_process_lives(tmp_path):
+    (tmp_path / C.LOCK).write_text(str(os.getppid()))  # a bare process id, of a live process
+    assert C.lock_holder(tmp_path) == os.getppid() and not C.claim_folder(tmp_path)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / C.LOCK).write_text(str(gone.pid))  # its process is gone: stale
+    assert C.lock_holder(tmp_path) is None
+    with C.folder_lock(tmp_path):
+        assert C.lock_holder(tmp_path) == os.getpid()
+
+
+def test_folder_lock_is_reentrant_in_one_process(tmp_path):
+    assert C.claim_folder(tmp_path) and C.claim_folder(tmp_path)
+    C.release_folder(tmp_path)
+    assert (tmp_path / C.LOCK).exists() and C.lock_holder(tmp_path) == os.getpid()
+    C.release_folder(tmp_path)
+    assert not (tmp_path / C.LOCK).exists() and C.lock_holder(tmp_path) is None
+    with C.folder_lock(None):  # no folder: nothing to lock
+        pass
+
+
+def test_remove_temporaries_of_killed_writes(tmp_path):
+    path = tmp_path / "last.pt"
+    C.save_checkpoint(sample(), path)
+    left = [tmp_path / ".last.pt.k2j3.tmp", tmp_path / ".last.pt.x9.tmp"]
+    for p in left:
+        p.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".other.pt.a1.tmp"
+    other.write_bytes(b"another file's write")
+    assert C.remove_temporaries(path) == left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.a1.tmp", "last.pt"]

@@ -352,3 +352,37 @@ def test_evaluate_accuracy_per_class():
     assert result["per_class"] == pytest.approx({"a": 0.75, "b": 1.0, "c": 0.0})
     assert list(result["per_class"]) == ["a", "b", "c"]
     assert model.training, "evaluation restores the training mode"
+
+
+# ----- one trainer per folder; nothing half-written left -----------------------------------------
+
+
+def test_a_second_trainer_on_the_same_folder_fails_at_once_naming_the_first(tmp_path, capsys):
+    from tests.test_checkpoint import holding_process
+
+    run(RESUME, tmp_path, stop_after_steps=2)
+    before = load_checkpoint(tmp_path / "last.pt")
+    with holding_process(tmp_path) as pid:
+        with pytest.raises(ValueError, match=f"is in use: process {pid} is training into it"):
+            run(RESUME, tmp_path)
+        with pytest.raises(SystemExit, match=f"python -m coda.train: error: .*process {pid}"):
+            T.main(["--out", str(tmp_path), "--model", "cifar10-tiny", "--data", str(tmp_path / "no-data")])
+    assert_same_state(load_checkpoint(tmp_path / "last.pt"), before)  # the first run's checkpoint is intact
+    run(RESUME, tmp_path)  # the holder was killed -9: its lock is not in force
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2 and not (tmp_path / "train.lock").exists()
+
+
+def test_taking_the_folder_removes_temporaries_of_a_killed_checkpoint_write(tmp_path):
+    run(RESUME, tmp_path, stop_after_steps=2)
+    left = tmp_path / ".last.pt.a8x2.tmp"  # what kill -9 during a checkpoint write leaves
+    left.write_bytes(b"PK\x03\x04 half a checkpoint")
+    run(RESUME, tmp_path, stop_after_steps=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("kwargs", [{"save_every": 0}, {"save_every": -5}, {"save_every": 2.5},
+                                    {"stop_after_steps": 0}])
+def test_bad_checkpoint_intervals_raise(kwargs, tmp_path):
+    with pytest.raises(ValueError, match="must be"):
+        run(RESUME, tmp_path, **kwargs)
+    assert not (tmp_path / "last.pt").exists()
