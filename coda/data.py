@@ -163,9 +163,10 @@ def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) 
     b, c, h, w = images.shape
     dev = images.device
     padded = F.pad(images, (padding,) * 4)
-    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=generator.device).to(dev)
-    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=generator.device).to(dev)
-    flip = (torch.rand(b, generator=generator, device=generator.device) < 0.5).to(dev)
+    # non_blocking: a host-to-GPU copy that does not make the host wait for the GPU.
+    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=generator.device).to(dev, non_blocking=True)
+    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=generator.device).to(dev, non_blocking=True)
+    flip = (torch.rand(b, generator=generator, device=generator.device) < 0.5).to(dev, non_blocking=True)
     rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]
     cols = (left[:, None] + torch.arange(w, device=dev))
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]

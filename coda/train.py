@@ -230,7 +230,7 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
     model.train()
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
-        order = torch.randperm(len(train_data), generator=_epoch_generator(cfg, epoch))
+        order = torch.randperm(len(train_data), generator=_epoch_generator(cfg, epoch)).to(device)
         gen = torch.Generator()  # augmentation draws on the CPU: the same run on any device
         gen.set_state(state["generator"])
         bar = tqdm(range(state["step"], steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -244,7 +244,7 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
             lr = learning_rate(cfg, epoch * steps_per_epoch + step, steps_per_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(device)
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x = to_float(images_all[idx])
             if cfg.augment:
                 x = augment(x, gen)

@@ -278,3 +278,15 @@ def test_tinyimagenet_errors(tmp_path):
     make_tinyimagenet(tmp_path)
     with pytest.raises(ValueError, match="split must be"):
         load_tinyimagenet(tmp_path, "test")
+
+
+def test_augmentation_draws_on_the_generators_device():
+    """The trainer keeps a CPU generator for every device, so a run augments identically on a
+    CPU and a GPU; the images may live elsewhere (here: the same CPU)."""
+    from coda.data import augment
+
+    images = torch.rand(5, 3, 8, 8)
+    a = augment(images, torch.Generator().manual_seed(1))
+    b = augment(images.double(), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a.double(), b)
+    assert not torch.equal(a, augment(images, torch.Generator().manual_seed(2)))
