@@ -8,6 +8,7 @@ from coda.explain import contribution_map, contributions, dynamic_linear_weights
 from coda.layers import CoDAConv2d, DynamicAlignment, ExplainableLayer
 from coda.models import CONFIGS, CoDANet, CoDANetConfig, build_model
 from coda.pretrained import list_pretrained, load_pretrained
+from coda.published import load_published
 from coda.reference import from_reference_state_dict
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "from_reference_state_dict",
     "list_pretrained",
     "load_pretrained",
+    "load_published",
 ]

@@ -2,22 +2,28 @@
 
 A folder of shipped models (``data/pretrained/`` in the project) holds, per model ``NAME``,
 
-- ``NAME.pt``: float32 weights, the model config and the metrics (no optimiser state),
+- ``NAME.pt``: the weights, the model config and the metrics (no optimiser state); the
+  weights are stored in float16 (half the bytes) and loaded back as float32,
 - ``NAME.md``: a model card generated from the same data (how it was trained, how well it
   does, how to retrain it),
 
 and one ``manifest.json`` that lists them all and names the default teaching model::
 
-    {"format": 1, "default": NAME, "models": {NAME: {"file": "NAME.pt", "sha256": ..., ...}}}
+    {"format": 1, "default": NAME, "models": {NAME: {"file": "NAME.pt", "sha256": ..., ...}},
+     "retired": {OLD: {..., "retired": "why"}}}
 
 Names end in ``-T<temperature>`` (e.g. ``cifar10-9L-S-f8-T1000``). :func:`load_pretrained`
 checks the file's SHA-256 and its stored config against the manifest before building the model.
+A retired model keeps its card and its manifest entry (under ``"retired"``) but no longer ships
+its weights; the project's git history has them.
 
 Command line::
 
     python -m coda.pretrained list
     python -m coda.pretrained evaluate NAME
     python -m coda.pretrained export --checkpoint runs/NAME/last.pt --name NAME [--default]
+    python -m coda.pretrained resave NAME [NAME ...] --storage float16   # re-store, re-measure
+    python -m coda.pretrained retire NAME --reason TEXT [--commit HASH]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import json
 import os
 import platform
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,13 +55,8 @@ PRECISION_TEXT = {
     "bf16": "bf16 autocast",
     "fp16": "fp16 autocast",
 }
-RESUME_TEXT = (
-    "Rerunning the same command resumes from `runs/{name}/last.pt`. A resumed run ends with the same "
-    "weights, optimiser state and per-epoch losses and accuracies as an uninterrupted one; only its "
-    "wall time and images/s differ. (Checkpoints written before 2026-12 did not keep the running sums "
-    "of the epoch in progress: a run resumed from one of them recorded only the steps after the resume "
-    "in that epoch's train loss and accuracy.)"
-)
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}  # how weights files store floats
+DEFAULT_STORAGE = "float16"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-T([0-9.e+]+)$")
 
 
@@ -80,6 +82,11 @@ def read_manifest(root: str | os.PathLike | None = None) -> dict:
 def list_pretrained(root: str | os.PathLike | None = None) -> list[str]:
     """Sorted names of the shipped models in ``root`` (default ``data/pretrained/``)."""
     return sorted(read_manifest(root)["models"])
+
+
+def list_retired(root: str | os.PathLike | None = None) -> list[str]:
+    """Sorted names of the retired models of ``root``: cards kept, weights no longer shipped."""
+    return sorted(read_manifest(root).get("retired", {}))
 
 
 def default_name(root: str | os.PathLike | None = None) -> str:
@@ -112,7 +119,8 @@ def load_pretrained(
 
     Raises ``ValueError`` if the name is unknown, the file's SHA-256 differs from the
     manifest's (corrupted or replaced file), or the config stored in the file differs from
-    the manifest's.
+    the manifest's. A retired model loads only if its file was put back from the git history
+    (the error says how); weights stored in float16 come back as float32.
     """
     folder = pretrained_dir(root)
     if not (folder / MANIFEST).exists():
@@ -128,18 +136,73 @@ def load_pretrained(
     check_config(weights["model_config"], entry["model_config"], f"{path} vs {folder / MANIFEST}")
     model = CoDANet(config_from_dict(weights["model_config"]))
     try:
-        model.load_state_dict(weights["state_dict"], strict=True)
+        model.load_state_dict(float32_state_dict(weights["state_dict"]), strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path}: the weights do not fit the stored config ({err})") from err
     return model.to(device).eval()
 
 
 def _entry(manifest: dict, name: str, folder: Path) -> dict:
+    retired = manifest.get("retired", {})
+    if name in retired and not (folder / retired[name]["file"]).exists():
+        raise ValueError(_retired_message(name, retired[name], folder))
+    if name in retired:  # its file was put back by hand: the SHA-256 check still applies
+        return retired[name]
     if name not in manifest["models"]:
         raise ValueError(
             f"no shipped model {name!r} in {folder / MANIFEST}; expected one of {sorted(manifest['models'])}"
         )
     return manifest["models"][name]
+
+
+def _retired_message(name: str, entry: dict, folder: Path) -> str:
+    tracked = f"data/pretrained/{entry['file']}"
+    return (
+        f"model {name!r} is retired ({entry['retired']}); its card {folder / entry['card']} is kept but "
+        f"its weights are no longer shipped. To load it, put the file back from the project's git "
+        f"history: `git show {entry.get('last_commit') or '<commit>'}:{tracked} > {folder / entry['file']}` "
+        f"(`git log -- {tracked}` finds the commit); the manifest's SHA-256 still checks it"
+    )
+
+
+def float32_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` with every floating-point tensor as float32 (others unchanged)."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+
+
+def storage_state_dict(state_dict: dict[str, torch.Tensor], storage: str) -> dict[str, torch.Tensor]:
+    """``state_dict`` as a weights file stores it: floating-point tensors in ``storage``.
+
+    Parameters
+    ----------
+    state_dict : a model's state dict (any floating-point dtype).
+    storage : a key of :data:`STORAGE_DTYPES` ("float16" or "float32").
+
+    Raises ``ValueError`` naming the tensor if a finite value does not fit the storage dtype
+    (float16 holds magnitudes up to 65504).
+    """
+    if storage not in STORAGE_DTYPES:
+        raise ValueError(f"unknown storage dtype {storage!r}; expected one of {sorted(STORAGE_DTYPES)}")
+    dtype, out = STORAGE_DTYPES[storage], {}
+    for key, value in state_dict.items():
+        if value.is_floating_point():
+            stored = value.detach().to(dtype)
+            if not torch.equal(torch.isfinite(stored), torch.isfinite(value)):
+                raise ValueError(
+                    f"{key}: values up to {value.abs().max().item():.4g} do not fit {storage} "
+                    f"(largest {torch.finfo(dtype).max:.4g}); store this model as float32"
+                )
+            value = stored
+        out[key] = value
+    return out
+
+
+def as_stored(model: CoDANet, storage: str = DEFAULT_STORAGE) -> CoDANet:
+    """A copy of ``model`` (eval mode, float32) with its weights rounded as ``storage`` keeps them:
+    the model :func:`load_pretrained` will return, to evaluate before shipping."""
+    copy = CoDANet(model.config)
+    copy.load_state_dict(float32_state_dict(storage_state_dict(model.state_dict(), storage)), strict=True)
+    return copy.eval()
 
 
 def config_from_dict(config: dict) -> CoDANetConfig:
@@ -199,6 +262,7 @@ def export_pretrained(
     notes: str = "",
     default: bool = False,
     hardware: str | None = None,
+    storage: str = DEFAULT_STORAGE,
 ) -> Path:
     """Turn a training checkpoint into a shipped model: weights file, model card, manifest entry.
 
@@ -212,6 +276,9 @@ def export_pretrained(
     notes : markdown for the card's "Why this architecture" section.
     default : make this the default teaching model.
     hardware : the machine that trained it, for the card (default: this machine).
+    storage : how the file stores the weights, "float16" (default, half the bytes) or
+        "float32"; :func:`load_pretrained` returns float32 either way. Measure the test accuracy
+        on :func:`as_stored` of the model, which is what a user will load.
 
     Returns
     -------
@@ -229,11 +296,13 @@ def export_pretrained(
         "model_config": model_config,
         "train_config": _jsonable(ckpt["config"]),
         "metrics": metrics,
-        "state_dict": {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()},
+        "storage": storage,
+        "state_dict": storage_state_dict(ckpt["model"], storage),
     }
     path = folder / f"{name}.pt"
     save_checkpoint(weights, path)
     entry = _manifest_entry(ckpt, name, path, model, metrics, hardware or describe_machine())
+    entry["storage"] = storage
     write_text(model_card(entry, notes), folder / entry["card"])
     manifest = read_manifest(dest)
     manifest["models"][name] = entry
@@ -264,6 +333,110 @@ def _manifest_entry(ckpt: dict, name: str, path: Path, model: CoDANet, metrics: 
     }
 
 
+def resave_pretrained(
+    name: str,
+    evaluate: Callable[[CoDANet], dict],
+    storage: str = DEFAULT_STORAGE,
+    *,
+    root: str | os.PathLike | None = None,
+) -> dict:
+    """Store a shipped model's weights in ``storage`` and re-measure its test accuracy.
+
+    The new file replaces the old one (atomically); the manifest entry gets the new SHA-256,
+    size, storage dtype and accuracy, and keeps what described the old file under
+    ``"previous_file"``: its SHA-256 and size, the :func:`coda.sweeps.weights_fingerprint` of
+    its weights (the keys under which results computed from it are stored), the accuracy
+    recorded at export and the one re-measured now. The card is regenerated (its notes kept).
+
+    Parameters
+    ----------
+    name : a shipped model (:func:`list_pretrained`).
+    evaluate : ``model -> {"accuracy", "per_class", "n"}`` (e.g. :func:`coda.inference.evaluate_accuracy`
+        on the test set, in float32); called on the old and on the re-stored weights.
+    storage : "float16" or "float32".
+    root : the folder of shipped models (default ``data/pretrained/``).
+
+    Returns
+    -------
+    The new manifest entry. ``ValueError`` if the file already stores ``storage``.
+    """
+    from coda.sweeps import weights_fingerprint  # sits above this module; needed only here
+
+    folder = pretrained_dir(root)
+    manifest = read_manifest(root)
+    if name not in manifest["models"]:
+        raise ValueError(f"no shipped model {name!r} in {folder / MANIFEST}; expected one of {sorted(manifest['models'])}")
+    entry = manifest["models"][name]
+    path = folder / entry["file"]
+    weights = load_checkpoint(path, expected_sha256=entry["sha256"])
+    if weights.get("storage", "float32") == storage:
+        raise ValueError(f"{path} already stores its weights as {storage}")
+    old_model = load_pretrained(name, root=root)
+    weights["storage"] = storage
+    weights["state_dict"] = storage_state_dict(weights["state_dict"], storage)
+    new_model = as_stored(old_model, storage)
+    old, new = evaluate(old_model), evaluate(new_model)
+    weights["metrics"] = {"test_accuracy": new["accuracy"], "per_class_accuracy": new["per_class"],
+                          "test_images": new["n"]}
+    previous = {
+        "sha256": entry["sha256"],
+        "size_bytes": entry["size_bytes"],
+        "storage": entry.get("storage", "float32"),
+        "weights_fingerprint": weights_fingerprint(old_model),
+        "test_accuracy_at_export": entry["test_accuracy"],
+        "test_accuracy_remeasured": old["accuracy"],
+        "test_images_remeasured": old["n"],
+    }
+    save_checkpoint(weights, path)
+    entry.update(sha256=sha256(path), size_bytes=path.stat().st_size, storage=storage,
+                 weights_fingerprint=weights_fingerprint(new_model), test_accuracy=new["accuracy"],
+                 per_class_accuracy=new["per_class"], test_images=new["n"], previous_file=previous)
+    write_text(model_card(entry, card_notes(folder / entry["card"])), folder / entry["card"])
+    manifest = read_manifest(root)  # read again: the evaluations take minutes, other entries may have changed
+    manifest["models"][name] = entry
+    write_json(manifest, folder / MANIFEST)
+    return entry
+
+
+def retire_pretrained(name: str, reason: str, *, last_commit: str | None = None,
+                      root: str | os.PathLike | None = None) -> dict:
+    """Stop shipping a model's weights; keep its card and manifest entry under ``"retired"``.
+
+    Parameters
+    ----------
+    name : a shipped model (:func:`list_pretrained`); it must not be the default.
+    reason : why, one or two sentences for the card and for the error :func:`load_pretrained` gives.
+    last_commit : the git commit that still holds the weights file (for the error message).
+    root : the folder of shipped models (default ``data/pretrained/``).
+
+    Deletes the weights file (the history keeps it) and regenerates the card with a "retired"
+    banner. Returns the retired entry.
+    """
+    folder = pretrained_dir(root)
+    manifest = read_manifest(root)
+    if name not in manifest["models"]:
+        raise ValueError(f"no shipped model {name!r} in {folder / MANIFEST}; expected one of {sorted(manifest['models'])}")
+    if manifest.get("default") == name:
+        raise ValueError(f"{name!r} is the default model of {folder / MANIFEST}; choose another default first")
+    if not reason.strip():
+        raise ValueError("give a reason for retiring the model (it goes into the card)")
+    entry = manifest["models"].pop(name)
+    entry.update(retired=reason.strip(), last_commit=last_commit)
+    manifest.setdefault("retired", {})[name] = entry
+    write_text(model_card(entry, card_notes(folder / entry["card"])), folder / entry["card"])
+    write_json(manifest, folder / MANIFEST)
+    (folder / entry["file"]).unlink(missing_ok=True)
+    return entry
+
+
+def card_notes(card: Path) -> str:
+    """The "Why this architecture" section of an existing card (empty if there is none)."""
+    if not card.exists():
+        return ""
+    notes = card.read_text().partition("## Why this architecture\n\n")[2].strip()
+    return "" if notes == "(no notes given)" else notes
+
+
 def describe_machine() -> str:
     """A one-line description of this machine (for model cards)."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_info().describe()
@@ -282,11 +455,13 @@ def model_card(entry: dict, notes: str = "") -> str:
     sections = [
         f"# {name}\n\n{kind} for CIFAR-10, trained with `coda.train` and exported with "
         "`python -m coda.pretrained export`. Generated from the training checkpoint; do not edit by hand.",
+        *([_retired_text(entry)] if entry.get("retired") else []),
         _summary_table(entry),
         _layer_table(entry["model_config"]),
         _per_class_table(entry),
         _history_table(entry["history"]),
-        f"## Retrain\n\n```bash\n{entry['retrain']}\n```\n\n{RESUME_TEXT.format(name=name)}",
+        f"## Retrain\n\n```bash\n{entry['retrain']}\n```\n\nRerunning the same command resumes "
+        f"from `runs/{name}/last.pt`; a resumed run ends bit-identical to an uninterrupted one.",
         f"## Load\n\n```python\nfrom coda.pretrained import load_pretrained\n\n"
         f"model = load_pretrained({name!r})  # checks the SHA-256 against manifest.json\n```",
         "## Why this architecture\n\n" + (notes.strip() or "(no notes given)"),
@@ -306,9 +481,26 @@ def _summary_table(entry: dict) -> str:
         ("training", _training_text(entry)),
         ("schedule", _schedule_text(tc)),
         ("wall time", f"{_duration(entry['wall_time_s'])} of training on {entry['hardware']}"),
-        ("file", f"`{entry['file']}`, {entry['size_bytes'] / 1e6:.1f} MB, SHA-256 `{entry['sha256']}`"),
+        ("file", _file_text(entry)),
     ]
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _file_text(entry: dict) -> str:
+    storage = entry.get("storage", "float32")
+    text = f"`{entry['file']}`, {entry['size_bytes'] / 1e6:.1f} MB, SHA-256 `{entry['sha256']}`, weights stored as {storage}"
+    text += ", loaded as float32" if storage != "float32" else ""
+    previous = entry.get("previous_file")
+    if previous:
+        text += (f"; re-stored from a {previous['storage']} file of {previous['size_bytes'] / 1e6:.1f} MB "
+                 f"(SHA-256 `{previous['sha256']}`)")
+    return text
+
+
+def _retired_text(entry: dict) -> str:
+    commit = f" (last in commit `{entry['last_commit']}`)" if entry.get("last_commit") else ""
+    return (f"> **Retired**: {entry['retired']} The weights file is no longer shipped; the project's git "
+            f"history keeps it{commit}, and this card, the manifest entry and the results stay.")
 
 
 def _build_call(model: str, overrides: dict) -> str:
@@ -321,7 +513,13 @@ def _accuracy_text(entry: dict) -> str:
         return "not evaluated"
     n = entry["test_images"]
     where = f"{n:,} CIFAR-10 test images" if n else "the CIFAR-10 test set"
-    return f"**{100 * entry['test_accuracy']:.2f} %** on {where} (fp32)"
+    text = f"**{100 * entry['test_accuracy']:.2f} %** on {where} (fp32)"
+    previous = entry.get("previous_file")
+    if previous:
+        text += (f", with the weights as shipped ({entry['storage']}); the {previous['storage']} weights before: "
+                 f"{100 * previous['test_accuracy_remeasured']:.2f} % re-measured, "
+                 f"{100 * previous['test_accuracy_at_export']:.2f} % at export")
+    return text
 
 
 def _training_text(entry: dict) -> str:
@@ -433,7 +631,7 @@ def _evaluate(model: CoDANet, data_root: str | None, n: int | None, device: str 
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
-    model = model_from_checkpoint(load_checkpoint(a.checkpoint))
+    model = as_stored(model_from_checkpoint(load_checkpoint(a.checkpoint)), a.storage)  # as users will load it
     result = _evaluate(model, a.data, a.test_images, a.device)
     print(f"test accuracy {result['accuracy']:.4f} on {result['n']} images")
     notes = Path(a.notes_file).read_text() if a.notes_file else ""
@@ -446,8 +644,29 @@ def _cmd_export(a: argparse.Namespace) -> None:
         test_images=result["n"],
         notes=notes,
         default=a.default,
+        storage=a.storage,
     )
     print(f"wrote {path}, {path.with_suffix('.md')} and {path.parent / MANIFEST}")
+
+
+def _cmd_resave(a: argparse.Namespace) -> None:
+    test = load_cifar10("test", a.data)
+    test = test.first(a.n) if a.n else test
+
+    def evaluate(model: CoDANet) -> dict:
+        return evaluate_accuracy(model.to(a.device), test, precision="fp32")
+
+    for name in a.names:
+        entry = resave_pretrained(name, evaluate, a.storage, root=a.root)
+        before = entry["previous_file"]
+        print(f"{name}: {before['size_bytes']:,} -> {entry['size_bytes']:,} bytes; test accuracy "
+              f"{before['test_accuracy_remeasured']:.4f} ({before['storage']}) -> {entry['test_accuracy']:.4f} "
+              f"({entry['storage']}) on {entry['test_images']} images", flush=True)
+
+
+def _cmd_retire(a: argparse.Namespace) -> None:
+    entry = retire_pretrained(a.name, a.reason, last_commit=a.commit, root=a.root)
+    print(f"retired {a.name}: removed {pretrained_dir(a.root) / entry['file']}, kept its card and manifest entry")
 
 
 def _cmd_list(a: argparse.Namespace) -> None:
@@ -458,6 +677,8 @@ def _cmd_list(a: argparse.Namespace) -> None:
         entry = manifest["models"][name]
         acc = "-" if entry["test_accuracy"] is None else f"{entry['test_accuracy']:.4f}"
         print(f"{name}\ttest accuracy {acc}" + ("\t(default)" if name == manifest["default"] else ""))
+    for name in sorted(manifest.get("retired", {})):
+        print(f"{name}\tretired: card kept, weights only in the git history")
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
@@ -476,6 +697,8 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--notes-file", help="markdown for the card's 'Why this architecture' section")
     e.add_argument("--dest", help="folder of shipped models (default: data/pretrained)")
     e.add_argument("--test-images", type=int, help="evaluate on the first N test images (default: all)")
+    e.add_argument("--storage", choices=sorted(STORAGE_DTYPES), default=DEFAULT_STORAGE,
+                   help=f"how the file stores the weights (default {DEFAULT_STORAGE}; loaded as float32)")
     e.set_defaults(run=_cmd_export)
     ls = sub.add_parser("list", help="list the shipped models")
     ls.add_argument("--root", help="folder of shipped models (default: data/pretrained)")
@@ -485,7 +708,20 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--root", help="folder of shipped models (default: data/pretrained)")
     ev.add_argument("--n", type=int, help="evaluate on the first N test images (default: all)")
     ev.set_defaults(run=_cmd_evaluate)
-    for sp in (e, ev):
+    rs = sub.add_parser("resave", help="store shipped models' weights in another dtype, re-measuring the accuracy")
+    rs.add_argument("names", nargs="+", help="shipped names")
+    rs.add_argument("--storage", choices=sorted(STORAGE_DTYPES), default=DEFAULT_STORAGE,
+                    help=f"the new storage dtype (default {DEFAULT_STORAGE})")
+    rs.add_argument("--root", help="folder of shipped models (default: data/pretrained)")
+    rs.add_argument("--n", type=int, help="evaluate on the first N test images (default: all)")
+    rs.set_defaults(run=_cmd_resave)
+    rt = sub.add_parser("retire", help="stop shipping a model's weights, keeping its card and manifest entry")
+    rt.add_argument("name", help="shipped name")
+    rt.add_argument("--reason", required=True, help="why, for the card and the error message")
+    rt.add_argument("--commit", help="the git commit that still holds the weights file")
+    rt.add_argument("--root", help="folder of shipped models (default: data/pretrained)")
+    rt.set_defaults(run=_cmd_retire)
+    for sp in (e, ev, rs):
         sp.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
         sp.add_argument("--device")
     a = p.parse_args(argv)

@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import shlex
 import sys
 import time
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from coda.checkpoint import claim_folder, load_checkpoint, lock_holder, release_folder, write_json, write_text
+from coda.checkpoint import load_checkpoint, write_json, write_text
 from coda.data import PROJECT_ROOT, load_cifar10
 from coda.evaluate import localisation_scores, make_grids, pixel_removal
 from coda.explain import contributions
@@ -103,7 +104,9 @@ def run_status(name: str, cfg: TrainConfig, runs_dir: Path = RUNS_DIR) -> dict:
     """``{"name", "epochs_done", "epochs", "finished", "shipped", "test_accuracy"}`` of one run.
 
     A run shipped in ``data/pretrained/`` (``coda.list_pretrained()``) counts as finished, so a
-    fresh clone neither retrains it nor needs its checkpoint.
+    fresh clone neither retrains it nor needs its checkpoint; so does a retired one
+    (``coda.pretrained.list_retired()``: card and results kept, weights only in the git history),
+    whose status has ``"retired": True``.
     """
     from coda import pretrained
 
@@ -112,6 +115,8 @@ def run_status(name: str, cfg: TrainConfig, runs_dir: Path = RUNS_DIR) -> dict:
               "test_accuracy": None}
     if name in pretrained.list_pretrained():
         return status | {"epochs_done": cfg.epochs, "finished": True, "shipped": True}
+    if name in pretrained.list_retired():
+        return status | {"epochs_done": cfg.epochs, "finished": True, "retired": True}
     if path.exists():
         ckpt = load_checkpoint(path)
         if ckpt["config"] != cfg.to_dict():
@@ -121,6 +126,34 @@ def run_status(name: str, cfg: TrainConfig, runs_dir: Path = RUNS_DIR) -> dict:
         if ckpt["history"]:
             status["test_accuracy"] = ckpt["history"][-1]["test_accuracy"]
     return status
+
+
+LOCK = "train.lock"  # in a run's folder while a process trains it; holds that process's id
+
+
+def lock_holder(folder: Path) -> int | None:
+    """The id of the live process that holds ``folder``'s training lock, else None."""
+    try:
+        pid = int((Path(folder) / LOCK).read_text())
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except (OSError, ValueError):  # no lock, an unreadable one, or its process is gone
+        return None
+    return pid
+
+
+def _claim(folder: Path) -> bool:
+    """Take ``folder``'s training lock for this process; False if a live process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK
+    if lock.exists() and lock_holder(folder) is None:
+        lock.unlink(missing_ok=True)  # stale: its process died (or was killed) while training
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
 
 
 def train_sweeps(sweeps, runs_dir: Path = RUNS_DIR, data_root=None, device=None, progress=True) -> None:
@@ -133,14 +166,14 @@ def train_sweeps(sweeps, runs_dir: Path = RUNS_DIR, data_root=None, device=None,
         if run_status(name, cfg, runs_dir)["finished"]:
             continue
         out = Path(runs_dir) / name
-        if not claim_folder(out):
+        if not _claim(out):
             print(f"-- {name}: being trained by process {lock_holder(out)}, skipped", flush=True)
             continue
         try:
             print(f"== {name}: {json.dumps(dataclasses.asdict(cfg))}", flush=True)
             train(cfg, out, device=device, data_root=data_root, progress=progress)
         finally:
-            release_folder(out)
+            (out / LOCK).unlink(missing_ok=True)
 
 
 # ----- evaluation ------------------------------------------------------------------------
@@ -181,12 +214,15 @@ def evaluate_model(model: CoDANet, test, n_grids: int, n_removal: int, seed: int
 
 
 def _load_run(name: str, cfg: TrainConfig, runs_dir: Path):
-    """A run's model from the shipped models, else its finished checkpoint; None if neither."""
+    """A run's model from the shipped models, else its finished checkpoint; None if neither
+    (or if the run is retired: its weights are no longer shipped)."""
     from coda import pretrained
     from coda.evaluate import load_model
 
     if name in pretrained.list_pretrained():
         return load_model(name)[0], "coda.pretrained"
+    if name in pretrained.list_retired():
+        return None, None
     if run_status(name, cfg, runs_dir)["finished"]:
         path = Path(runs_dir) / name / "last.pt"
         return load_model(str(path))[0], str(path)
@@ -504,8 +540,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         for name, cfg in all_runs(a.sweeps or SWEEPS).items():
             st = run_status(name, cfg, a.runs_dir)
-            if st["shipped"]:
-                print(f"{name:32s} shipped in data/pretrained")
+            if st["shipped"] or st.get("retired"):
+                print(f"{name:32s} {'shipped in' if st['shipped'] else 'retired from'} data/pretrained")
                 continue
             acc = "-" if st["test_accuracy"] is None else f"{st['test_accuracy']:.4f}"
             pid = lock_holder(a.runs_dir / name)

@@ -105,13 +105,17 @@ def test_status_and_training_skip_finished_runs(tmp_path, monkeypatch):
     monkeypatch.setattr("coda.pretrained.list_pretrained", lambda: [name])
     train_sweeps(["rank"], tmp_path / "fresh")  # shipped: not trained on a fresh machine either
     assert calls == [name] and not (tmp_path / "fresh").exists()
+    monkeypatch.setattr("coda.pretrained.list_pretrained", lambda: [])
+    monkeypatch.setattr("coda.pretrained.list_retired", lambda: [name])
+    train_sweeps(["rank"], tmp_path / "fresh")  # retired (weights in the history): not retrained
+    assert calls == [name] and not (tmp_path / "fresh").exists()
+    assert run_status(name, cfg, tmp_path / "fresh")["retired"]
 
 
 def test_a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_taken_over(tmp_path, monkeypatch):
     import subprocess
 
-    from coda.checkpoint import LOCK
-    from coda.sweeps import lock_holder
+    from coda.sweeps import LOCK, lock_holder
 
     tiny = dict(model="cifar10-tiny", model_overrides={}, epochs=1, batch_size=8, precision="fp32")
     cfg = dataclasses.replace(sweep_runs("rank")[run_name(rank_factor=4)], **tiny)

@@ -1,0 +1,58 @@
+"""The ``coda`` command: one entry point for the package's command lines.
+
+``coda COMMAND ARGS`` runs ``python -m coda.COMMAND ARGS``; each command keeps its own
+options and ``--help``::
+
+    coda train --out runs/NAME ...        # train a model (resumable)
+    coda evaluate --model NAME ...        # localisation and pixel removal against post-hoc methods
+    coda sweeps train temperature ...     # the ablation sweeps
+    coda pretrained list                  # the shipped models
+    coda workbook                         # run every notebook, regenerate the figures
+    coda published list                   # the authors' models (non-commercial research and education only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command -> (module whose main(argv) runs it, one line of help)
+COMMANDS = {
+    "train": ("coda.train", "train a model with resumable checkpoints"),
+    "evaluate": ("coda.evaluate", "localisation and pixel removal of the explanations, against post-hoc methods"),
+    "sweeps": ("coda.sweeps", "the temperature, rank and depth sweeps: train, evaluate, tables"),
+    "pretrained": ("coda.pretrained", "the shipped models: list, evaluate, export, resave, retire"),
+    "workbook": ("coda.workbook", "run the notebooks in order and regenerate the figures"),
+    "published": ("coda.published", "the authors' published models: list, download (non-commercial use only)"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The top-level parser: one sub-command per module; everything after it goes to that module."""
+    p = argparse.ArgumentParser(
+        prog="coda",
+        description="CoDA-Nets workbook: train, evaluate, sweep, ship and teach.",
+        epilog="`coda COMMAND --help` shows a command's options; `coda COMMAND ...` is the same as "
+        "`python -m coda.COMMAND ...`.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, text) in COMMANDS.items():
+        sub.add_parser(name, help=text, description=text, add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``coda COMMAND ARGS``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    if not argv or argv[0] not in COMMANDS:
+        p.parse_args(argv)  # prints the help or the error and exits
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    status = module.main(argv[1:])
+    return status if isinstance(status, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
