@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from coda.layers import ExplainableLayer
-from coda.models import CoDANet
+from coda.models import CoDANet, check_images
 
 
 @contextlib.contextmanager
@@ -43,7 +43,12 @@ def explanation_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def check_targets(target, batch: int, num_classes: int, device: torch.device) -> torch.Tensor:
     """An int or one int per example -> (B,) long tensor, checked against the classes."""
-    t = torch.as_tensor(target, device=device)
+    if target is None or isinstance(target, (str, bytes, float, bool)):
+        raise ValueError(f"target must be an int class or one int per example, got {target!r}")
+    try:
+        t = torch.as_tensor(target, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"target must be an int class or one int per example, got {target!r}") from err
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"target must be an int or integer tensor, got dtype {t.dtype}")
     if t.dim() == 0:
@@ -80,11 +85,15 @@ def linear_gradient(model: CoDANet, images: torch.Tensor, target, layer: int | N
     Runs in eval mode and float32 (autocast off); restores the model's mode.
     """
     _check_layer(model, layer)
+    check_images(images, model.config.in_channels)
     was_training = model.training
     model.eval()
     device = images.device
     try:
-        with torch.enable_grad(), torch.autocast(device.type, enabled=False), explanation_mode(model):
+        # Works under torch.no_grad() and torch.inference_mode() too: the gradient is the explanation.
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False), \
+                explanation_mode(model):
+            images = images.clone() if images.is_inference() else images  # inference tensors cannot enter autograd
             if layer is None:
                 a = model.encode(images)
             else:

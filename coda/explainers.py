@@ -78,6 +78,8 @@ class Explainer:
         (K, C, H, W)``: attributions of one image for several classes that share the
         forward passes (occlusion). Without it, the image is repeated K times.
     post_hoc : False for the model's own explanation (``"coda"``).
+    out_channels : the channels C of a post-hoc method's attributions when not those of the
+        images (1 for Grad-CAM); gives the shape (0, C, H, W) of an empty batch's result.
     """
 
     name: str
@@ -86,6 +88,7 @@ class Explainer:
     options: Mapping = dataclasses.field(default_factory=dict)
     classes_function: AttributeFn | None = None
     post_hoc: bool = True
+    out_channels: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -121,6 +124,9 @@ class Explainer:
         check_images(images, model.config.in_channels)
         n_targets = images.shape[0] if per_image else torch.as_tensor(target).numel()
         targets = check_targets(target, n_targets, model.num_classes, images.device)
+        if self.post_hoc and (images.shape[0] == 0 or targets.numel() == 0):  # captum fails on empty batches
+            channels = self.out_channels or images.shape[1]
+            return torch.zeros(targets.numel(), channels, *images.shape[2:], device=images.device)
         was_training = model.training
         model.eval()
         try:
@@ -284,7 +290,7 @@ EXPLAINERS: dict[str, Explainer] = {
         Explainer("ixg", "IxG", _input_x_gradient),
         Explainer("intgrad", "IntGrad", _integrated_gradients, {"n_steps": 20, "batch_size": DEFAULT_BATCH}),
         Explainer("deeplift", "DeepLIFT", _deeplift),
-        Explainer("gradcam", "GCam", _gradcam, {"relu": True}),
+        Explainer("gradcam", "GCam", _gradcam, {"relu": True}, out_channels=1),
         Explainer("occ5", "Occ5", _occlusion, {"patch": 5, "stride": 2, "batch_size": DEFAULT_BATCH},
                   classes_function=_occlusion_classes),
         Explainer("occ9", "Occ9", _occlusion, {"patch": 9, "stride": 2, "batch_size": DEFAULT_BATCH},

@@ -51,12 +51,20 @@ class CoDANetConfig:
                 f"got lengths {n}, {len(self.kernel_sizes)}, {len(self.strides)}, "
                 f"{len(self.rank_multipliers)}"
             )
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        if not isinstance(self.rank_factor, int) or self.rank_factor < 1:
+        for name in ("channels", "kernel_sizes", "strides", "rank_multipliers"):
+            values = getattr(self, name)
+            if not all(_is_int(v) and v >= 1 for v in values):
+                raise ValueError(f"{name} must be ints >= 1, got {values!r}")
+        if not (_is_real(self.temperature) and math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if not (_is_real(self.logit_bias) and math.isfinite(self.logit_bias)):
+            raise ValueError(f"logit_bias must be a finite number, got {self.logit_bias!r}")
+        if not _is_int(self.rank_factor) or self.rank_factor < 1:
             raise ValueError(f"rank_factor must be a positive int, got {self.rank_factor!r}")
-        if not 0 <= self.stem_depth <= n:
-            raise ValueError(f"stem_depth must be in [0, {n}], got {self.stem_depth}")
+        if not _is_int(self.in_channels) or self.in_channels < 1:
+            raise ValueError(f"in_channels must be a positive int, got {self.in_channels!r}")
+        if not _is_int(self.stem_depth) or not 0 <= self.stem_depth <= n:
+            raise ValueError(f"stem_depth must be an int in [0, {n}], got {self.stem_depth!r}")
 
     @property
     def ranks(self) -> tuple[int, ...]:
@@ -78,6 +86,14 @@ class CoDANetConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 _CIFAR_9L_S = CoDANetConfig(
@@ -190,8 +206,13 @@ class CoDANet(nn.Module):
         return self.config.num_classes
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) in [0, 1] -> encoded input ``[x, 1 - x]``, (B, 2C, H, W)."""
+        """Images (B, C, H, W) in [0, 1] -> encoded input ``[x, 1 - x]``, (B, 2C, H, W).
+
+        Floating-point images of another dtype than the model's weights (float64, float16,
+        bfloat16 into a float32 model) are cast to the weights' dtype; autocast still applies.
+        """
         check_images(images, self.config.in_channels)
+        images = images.to(next(self.parameters()).dtype)
         return torch.cat([images, 1 - images], dim=1)
 
     def layer_input(self, images: torch.Tensor, layer: int) -> torch.Tensor:
@@ -229,15 +250,23 @@ class CoDANet(nn.Module):
 
 
 def check_images(images: torch.Tensor, channels: int) -> None:
-    """Raise ``ValueError`` unless ``images`` is a finite float batch (B, channels, H, W)."""
+    """Raise ``ValueError`` unless ``images`` is a float batch (B, channels, H, W), H, W >= 1,
+    with values in [0, 1] (so no NaN or inf)."""
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"expected images as a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4 or images.shape[1] != channels:
         raise ValueError(
             f"expected images of shape (B, {channels}, H, W), got {tuple(images.shape)}"
         )
+    if images.shape[2] < 1 or images.shape[3] < 1:
+        raise ValueError(f"expected images of at least 1 x 1 pixels, got shape {tuple(images.shape)}")
     if not images.is_floating_point():
         raise ValueError(f"expected floating-point images in [0, 1], got dtype {images.dtype}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf")
+    if not ((images >= 0) & (images <= 1)).all():  # one check (and one sync) for range, NaN and inf
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or inf; expected values in [0, 1]")
+        raise ValueError(
+            f"expected images with values in [0, 1] (the model encodes [x, 1 - x]), got values in "
+            f"[{images.min().item():.4g}, {images.max().item():.4g}]"
+        )
 

@@ -26,7 +26,7 @@ from coda.checkpoint import folder_lock, load_checkpoint, remove_temporaries, sa
 from coda.data import ImageDataset, augment, load_cifar10, to_float
 from coda.hardware import PRECISIONS, resolve_precision, warn_if_emulated
 from coda.inference import autocast, evaluate_accuracy, predict  # noqa: F401  (re-exported)
-from coda.models import CoDANet, build_model
+from coda.models import CONFIGS, CoDANet, build_model
 
 SCHEDULES = ("paper", "cosine")
 CHECKPOINT_FORMAT = 1
@@ -72,15 +72,39 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("epochs", "batch_size", "accumulate", "seed"):
+            if not _is_int(getattr(self, name)):
+                raise ValueError(f"{name} must be an int, got {getattr(self, name)!r}")
         if self.batch_size < 1 or self.accumulate < 1 or self.batch_size % self.accumulate:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a positive multiple of accumulate ({self.accumulate})"
             )
-        if self.epochs < 1 or not self.lr > 0:
-            raise ValueError(f"epochs must be >= 1 and lr > 0, got {self.epochs}, {self.lr}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not (_is_real(self.lr) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (_is_real(self.warmup_epochs) and math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise ValueError(f"warmup_epochs must be a finite number >= 0, got {self.warmup_epochs!r}")
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value >= 1):
+                raise ValueError(f"{name} must be None (all images) or an int >= 1, got {value!r}")
+        if self.model not in CONFIGS:
+            raise ValueError(f"unknown model {self.model!r}; expected one of {sorted(CONFIGS)}")
+        if not isinstance(self.model_overrides, dict):
+            raise ValueError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        CONFIGS[self.model].replace(**self.model_overrides)  # ValueError for a bad field or value
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -269,6 +293,7 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False)
             if checkpoint:
+                _check_finite(loss_sum, epoch, step, lr)  # never save a diverged model
                 state["epoch_sums"] = {"seen": seen, "loss_sum": loss_sum.item(), "correct": int(correct.item()),
                                        "seconds": time.perf_counter() - t0}
                 clock.add()
@@ -277,6 +302,7 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
                 model.eval()
                 return model, state["history"]
         bar.close()
+        _check_finite(loss_sum, epoch, steps_per_epoch - 1, lr)
         clock.add()
         epoch_images_per_s = seen / max(time.perf_counter() - t0, 1e-9)
         test = evaluate_accuracy(model, test_data, precision=precision if device.type == "cuda" else "fp32")
@@ -297,6 +323,20 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
             break
     model.eval()
     return model, state["history"]
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, lr: float) -> None:
+    """Raise ``FloatingPointError`` if the summed training loss is NaN or inf: the run diverged.
+
+    Checked where the sums are read anyway (checkpoints, the end of an epoch), so the steps
+    stay free of host-device synchronisation; the last checkpoint on disk is kept.
+    """
+    value = loss_sum.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"the training loss is {value} in epoch {epoch + 1} by step {step + 1} (lr {lr:.3g}): the run "
+            "diverged; the last checkpoint is kept. Try a smaller --lr or --precision fp32."
+        )
 
 
 class _Clock:
@@ -353,12 +393,18 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpar
     Returns the config and the parsed arguments (``out``, ``device``, ``data``, ``save_every``
     are not part of the config).
     """
-    a = _parser().parse_args(argv)
+    p = _parser()
+    a = p.parse_args(argv)
     overrides = {k: getattr(a, k) for k in _OVERRIDE_OPTIONS if getattr(a, k) is not None}
-    cfg = TrainConfig(model=a.model, model_overrides=overrides, epochs=a.epochs, batch_size=a.batch_size,
-                      accumulate=a.accumulate, lr=a.lr, schedule=a.schedule, warmup_epochs=a.warmup_epochs,
-                      precision=a.precision, augment=not a.no_augment, seed=a.seed,
-                      train_subset=a.train_subset, test_subset=a.test_subset, init_from=a.init_from)
+    if a.save_every < 1:
+        p.error(f"--save-every must be >= 1 (optimiser steps between checkpoints), got {a.save_every}")
+    try:
+        cfg = TrainConfig(model=a.model, model_overrides=overrides, epochs=a.epochs, batch_size=a.batch_size,
+                          accumulate=a.accumulate, lr=a.lr, schedule=a.schedule, warmup_epochs=a.warmup_epochs,
+                          precision=a.precision, augment=not a.no_augment, seed=a.seed,
+                          train_subset=a.train_subset, test_subset=a.test_subset, init_from=a.init_from)
+    except ValueError as err:  # the usage line and the message, exit status 2
+        p.error(str(err))
     return cfg, a
 
 

@@ -227,8 +227,9 @@ def test_explanation_mode_switches_any_explainable_layer_and_nothing_else():
 
 @pytest.mark.parametrize(
     "target",
-    [10, -1, 1.0, torch.tensor([1.0, 2.0, 3.0]), torch.tensor([[1], [2], [3]]), [1, 2], True],
-    ids=["too-large", "negative", "float", "float-tensor", "2d", "wrong-length", "bool"],
+    [10, -1, 1.0, torch.tensor([1.0, 2.0, 3.0]), torch.tensor([[1], [2], [3]]), [1, 2], True, None, "cat",
+     [1, "a", 2]],
+    ids=["too-large", "negative", "float", "float-tensor", "2d", "wrong-length", "bool", "none", "str", "mixed-list"],
 )
 def test_bad_target_raises(model, images, target):
     with pytest.raises(ValueError, match="target"):
@@ -244,3 +245,18 @@ def test_bad_layer_raises(model, images, layer):
 def test_bad_images_raise(model):
     with pytest.raises(ValueError, match="shape"):
         contributions(model, torch.rand(3, 8, 8), 0)
+
+
+def test_numpy_images_raise_a_helpful_error(model, images):
+    with pytest.raises(ValueError, match="expected images as a torch.Tensor, got ndarray"):
+        contributions(model, images.numpy(), 0)
+
+
+def test_contributions_work_under_no_grad_and_inference_mode(model, images):
+    expected, deep = contributions(model, images, 3), contributions(model, images, 3, layer=1)
+    with torch.no_grad():
+        assert_close(contributions(model, images, 3), expected)
+    with torch.inference_mode():
+        inside = images.clone()  # an inference tensor
+        assert_close(contributions(model, inside, 3), expected)
+        assert_close(contributions(model, inside, 3, layer=1), deep)

@@ -103,3 +103,12 @@ def test_explainer_bad_arguments(tiny):
         explain(tiny, torch.rand(1, 3, 16, 16), 10, "grad")
     with pytest.raises(ValueError, match="expected images"):
         explain(tiny, torch.rand(1, 6, 16, 16), 0, "grad")
+
+
+@pytest.mark.parametrize("name", sorted(EXPLAINERS))
+def test_an_empty_batch_gives_an_empty_result(tiny, name):
+    channels = {"coda": 6, "gradcam": 1}.get(name, 3)
+    out = explain(tiny, torch.rand(0, 3, 16, 16), 0, name)
+    assert out.shape == (0, channels, 16, 16)
+    none = get_explainer(name).attribute_classes(tiny, torch.rand(1, 3, 16, 16), torch.zeros(0, dtype=torch.long))
+    assert none.shape == (0, channels, 16, 16)

@@ -125,12 +125,47 @@ def test_hybrid_has_a_conventional_stem():
         (torch.full((2, 3, 8, 8), float("nan")), "NaN"),
         (torch.tensor(float("inf")).expand(2, 3, 8, 8), "inf"),
         ([[0.5]], "torch.Tensor"),
+        (torch.rand(2, 3, 8, 8) * 1e19, r"values in \[0, 1\] .*got values in \[.*e\+1[89]\]"),
+        (-torch.rand(2, 3, 8, 8), r"values in \[0, 1\]"),
+        (torch.rand(2, 3, 0, 8), "at least 1 x 1 pixels"),
+        (torch.rand(2, 3, 8, 0), "at least 1 x 1 pixels"),
     ],
-    ids=["3d", "5d", "channels", "uint8", "nan", "inf", "list"],
+    ids=["3d", "5d", "channels", "uint8", "nan", "inf", "list", "scaled-1e19", "negative", "height-0", "width-0"],
 )
 def test_bad_images_raise_a_helpful_error(images, match):
     with pytest.raises(ValueError, match=match):
         build_model("cifar10-tiny")(images)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_images_of_another_float_dtype_are_cast_to_the_model(dtype):
+    model = build_model("cifar10-tiny").eval()
+    images = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(images.to(dtype).float())
+        assert_close(model(images.to(dtype)), expected)
+        assert_close(model.double()(images.to(dtype)), expected.double(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"temperature": float("inf")}, "temperature must be a finite number > 0, got inf"),
+        ({"temperature": float("nan")}, "temperature must be a finite number > 0"),
+        ({"temperature": -1.0}, "temperature must be a finite number > 0"),
+        ({"logit_bias": float("nan")}, "logit_bias must be a finite number, got nan"),
+        ({"logit_bias": float("-inf")}, "logit_bias must be a finite number"),
+        ({"stem_depth": 1.5}, r"stem_depth must be an int in \[0, 5\], got 1.5"),
+        ({"stem_depth": True}, "stem_depth must be an int"),
+        ({"rank_factor": 2.0}, "rank_factor must be a positive int"),
+        ({"in_channels": 0}, "in_channels must be a positive int"),
+        ({"num_classes": 0}, "channels must be ints >= 1"),
+        ({"strides": (1, 2, 1, 2.5, 1)}, "strides must be ints >= 1"),
+    ],
+)
+def test_config_rejects_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("cifar10-tiny", **overrides)
 
 
 def test_package_is_device_agnostic():

@@ -5,6 +5,7 @@ is convolutional with sum pooling, so 8x8 images work); one run uses real CIFAR-
 """
 
 import os
+import re
 import shlex
 import warnings
 from pathlib import Path
@@ -87,8 +88,21 @@ def test_cosine_without_warmup_starts_at_peak():
         ({"accumulate": 0}, "multiple of accumulate"),
         ({"batch_size": 0}, "multiple of accumulate"),
         ({"epochs": 0}, "epochs must be >= 1"),
-        ({"lr": 0.0}, "lr > 0"),
-        ({"lr": float("nan")}, "lr > 0"),
+        ({"lr": 0.0}, "lr must be a finite number > 0"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0"),
+        ({"lr": float("inf")}, "lr must be a finite number > 0"),
+        ({"warmup_epochs": float("nan")}, "warmup_epochs must be a finite number >= 0"),
+        ({"warmup_epochs": -1.0}, "warmup_epochs must be a finite number >= 0"),
+        ({"train_subset": 0}, r"train_subset must be None \(all images\) or an int >= 1, got 0"),
+        ({"train_subset": -8}, r"train_subset must be None \(all images\) or an int >= 1, got -8"),
+        ({"test_subset": 0}, "test_subset must be None"),
+        ({"epochs": 2.5}, "epochs must be an int"),
+        ({"batch_size": True}, "batch_size must be an int"),
+        ({"model": "resnet50"}, "unknown model 'resnet50'"),
+        ({"model_overrides": {"temperature": float("inf")}}, "temperature must be a finite number > 0"),
+        ({"model_overrides": {"logit_bias": float("nan")}}, "logit_bias must be a finite number"),
+        ({"model_overrides": {"stem_depth": 1.5}}, r"stem_depth must be an int in \[0, 9\], got 1.5"),
+        ({"model_overrides": {"temprature": 10.0}}, "unknown config fields"),
     ],
 )
 def test_config_rejects_bad_values(fields, message):
@@ -386,3 +400,43 @@ def test_bad_checkpoint_intervals_raise(kwargs, tmp_path):
     with pytest.raises(ValueError, match="must be"):
         run(RESUME, tmp_path, **kwargs)
     assert not (tmp_path / "last.pt").exists()
+
+
+# ----- bad input on the command line, and runs that diverge --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--train-subset", "0"], r"train_subset must be None \(all images\) or an int >= 1, got 0"),
+        (["--train-subset", "-8"], "train_subset must be None .* got -8"),
+        (["--test-subset", "0"], "test_subset must be None"),
+        (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
+        (["--warmup-epochs", "nan"], "warmup_epochs must be a finite number >= 0, got nan"),
+        (["--temperature", "inf"], "temperature must be a finite number > 0, got inf"),
+        (["--temperature", "0"], "temperature must be a finite number > 0"),
+        (["--rank-factor", "0"], "rank_factor must be a positive int"),
+        (["--stem-depth", "12"], r"stem_depth must be an int in \[0, 9\], got 12"),
+        (["--epochs", "0"], "epochs must be >= 1"),
+        (["--save-every", "0"], "--save-every must be >= 1"),
+        (["--model", "resnet50"], "unknown model 'resnet50'"),
+    ],
+)
+def test_command_line_rejects_bad_values_with_the_usage(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        T.config_from_args(["--out", "runs/x", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m coda.train") and re.search(message, err), err
+
+
+def test_a_diverging_run_stops_with_an_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    run(RESUME, tmp_path, stop_after_steps=2)
+    before = load_checkpoint(tmp_path / "last.pt")
+    real = T.bce_loss
+    monkeypatch.setattr(T, "bce_loss", lambda logits, labels: real(logits, labels) * float("nan"))
+    with pytest.raises(FloatingPointError, match=r"the training loss is nan in epoch 1 by step \d .*diverged"):
+        run(RESUME, tmp_path, save_every=2)
+    assert_same_state(load_checkpoint(tmp_path / "last.pt"), before)  # nothing diverged was saved
+    with pytest.raises(FloatingPointError, match="diverged"):  # in memory: at the end of the epoch
+        run(RESUME)
