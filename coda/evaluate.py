@@ -487,6 +487,9 @@ def pixel_removal(model: CoDANet, images: torch.Tensor, labels: torch.Tensor,
     explainer = as_explainer(explainer)
     if images.dim() != 4 or labels.shape != (images.shape[0],):
         raise ValueError(f"expected images (N, 3, H, W) and labels (N,), got {tuple(images.shape)}, {tuple(labels.shape)}")
+    for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     n_pixels = images.shape[-2] * images.shape[-1]
     n_removed = removal_points(n_pixels, fraction, stride)
     if order not in ORDERS:
@@ -635,6 +638,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--table", action="store_true",
                    help="only print the markdown table of the stored results (README) and exit")
     a = p.parse_args(argv)
+    _check_sizes(p, a)  # before anything loads
     if a.table:
         print(markdown_table(a.out or PROJECT_ROOT / "results" / _model_name(a.model)), end="")
         return
@@ -658,6 +662,19 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out or PROJECT_ROOT / "results" / info["name"])
     command = shlex.join(["python", "-m", "coda.evaluate", *argv])
     run(model, info, methods, out, command, a, orders, device, tasks)
+
+
+def _check_sizes(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Exit with the usage and a message (status 2) for sizes that cannot be right."""
+    for name in ("n_grids", "n_removal", "batch_size", "lime_samples", "stride"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if a.grid_pool is not None and a.grid_pool < 1:
+        p.error(f"--grid-pool must be >= 1 (or left out: all test images), got {a.grid_pool}")
+    if a.grid_size < 2:
+        p.error(f"--grid-size must be >= 2, got {a.grid_size}")
+    if not 0 < a.fraction <= 1:
+        p.error(f"--fraction must be in (0, 1], got {a.fraction}")
 
 
 def _model_name(spec: str) -> str:

@@ -7,6 +7,7 @@ exactly linear, so its removal curve follows in closed form from its contributio
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -445,6 +446,33 @@ def test_committed_results_are_data_files():
         pytest.skip("no committed results")
     assert not list(folder.glob("tasks/*.pt")) and list(folder.glob("tasks/*.npz"))
     assert "| Ours (`coda`) |" in markdown_table(folder)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n-removal", "0"], "--n-removal must be >= 1, got 0"),
+        (["--n-removal", "-9998"], "--n-removal must be >= 1, got -9998"),
+        (["--n-grids", "0"], "--n-grids must be >= 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--lime-samples", "-1"], "--lime-samples must be >= 1"),
+        (["--stride", "0"], "--stride must be >= 1"),
+        (["--grid-pool", "0"], "--grid-pool must be >= 1"),
+        (["--grid-size", "1"], "--grid-size must be >= 2"),
+        (["--fraction", "nan"], r"--fraction must be in \(0, 1\], got nan"),
+        (["--fraction", "1.5"], r"--fraction must be in \(0, 1\]"),
+    ],
+)
+def test_command_line_rejects_bad_sizes_before_loading_anything(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "no-such-model", *args])  # the model would fail to load: the sizes are checked first
+    assert exit_info.value.code == 2 and re.search(message, capsys.readouterr().err)
+
+
+def test_pixel_removal_rejects_a_zero_batch_size(tiny):
+    for kwargs in ({"batch_size": 0}, {"eval_batch_size": 0}):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+            pixel_removal(tiny, torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), "grad", **kwargs)
 
 
 def test_command_line_rejects_bad_tasks(colour_world):
