@@ -440,3 +440,27 @@ def test_a_diverging_run_stops_with_an_error_and_keeps_the_last_checkpoint(tmp_p
     assert_same_state(load_checkpoint(tmp_path / "last.pt"), before)  # nothing diverged was saved
     with pytest.raises(FloatingPointError, match="diverged"):  # in memory: at the end of the epoch
         run(RESUME)
+
+
+@pytest.mark.parametrize("module", ["coda.train", "coda.pretrained", "coda.evaluate", "coda.sweeps"])
+def test_command_line_modules_run_without_a_runtime_warning(module):
+    """`import coda` must not import a module that `python -m` then runs again (runpy warns)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-W", "error", "-m", module, "--help"], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, timeout=120)
+    assert done.returncode == 0 and "RuntimeWarning" not in done.stderr, done.stderr
+    assert done.stdout.startswith(f"usage: python -m {module}")
+
+
+def test_the_package_names_load_on_first_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, coda; assert 'coda.train' not in sys.modules and 'coda.pretrained' not in sys.modules; "
+            "from coda import load_pretrained; assert coda.load_pretrained is load_pretrained; "
+            "assert callable(coda.data.load_cifar10) and 'load_published' in dir(coda); "
+            "import pytest\nwith pytest.raises(AttributeError, match='no attribute'): coda.no_such_name")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
