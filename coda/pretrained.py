@@ -57,6 +57,13 @@ PRECISION_TEXT = {
 }
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}  # how weights files store floats
 DEFAULT_STORAGE = "float16"
+RESUME_TEXT = (
+    "Rerunning the same command resumes from `runs/{name}/last.pt`. A resumed run ends with the same "
+    "weights, optimiser state and per-epoch losses and accuracies as an uninterrupted one; only its "
+    "wall time and images/s differ. (Checkpoints written before 2026-12 did not keep the running sums "
+    "of the epoch in progress: a run resumed from one of them recorded only the steps after the resume "
+    "in that epoch's train loss and accuracy.)"
+)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-T([0-9.e+]+)$")
 
 
@@ -460,8 +467,7 @@ def model_card(entry: dict, notes: str = "") -> str:
         _layer_table(entry["model_config"]),
         _per_class_table(entry),
         _history_table(entry["history"]),
-        f"## Retrain\n\n```bash\n{entry['retrain']}\n```\n\nRerunning the same command resumes "
-        f"from `runs/{name}/last.pt`; a resumed run ends bit-identical to an uninterrupted one.",
+        f"## Retrain\n\n```bash\n{entry['retrain']}\n```\n\n{RESUME_TEXT.format(name=name)}",
         f"## Load\n\n```python\nfrom coda.pretrained import load_pretrained\n\n"
         f"model = load_pretrained({name!r})  # checks the SHA-256 against manifest.json\n```",
         "## Why this architecture\n\n" + (notes.strip() or "(no notes given)"),

@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import shlex
 import sys
 import time
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from coda.checkpoint import load_checkpoint, write_json, write_text
+from coda.checkpoint import claim_folder, load_checkpoint, lock_holder, release_folder, write_json, write_text
 from coda.data import PROJECT_ROOT, load_cifar10
 from coda.evaluate import localisation_scores, make_grids, pixel_removal
 from coda.explain import contributions
@@ -128,34 +127,6 @@ def run_status(name: str, cfg: TrainConfig, runs_dir: Path = RUNS_DIR) -> dict:
     return status
 
 
-LOCK = "train.lock"  # in a run's folder while a process trains it; holds that process's id
-
-
-def lock_holder(folder: Path) -> int | None:
-    """The id of the live process that holds ``folder``'s training lock, else None."""
-    try:
-        pid = int((Path(folder) / LOCK).read_text())
-        os.kill(pid, 0)  # signal 0: only checks that the process exists
-    except (OSError, ValueError):  # no lock, an unreadable one, or its process is gone
-        return None
-    return pid
-
-
-def _claim(folder: Path) -> bool:
-    """Take ``folder``'s training lock for this process; False if a live process holds it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK
-    if lock.exists() and lock_holder(folder) is None:
-        lock.unlink(missing_ok=True)  # stale: its process died (or was killed) while training
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
-    return True
-
-
 def train_sweeps(sweeps, runs_dir: Path = RUNS_DIR, data_root=None, device=None, progress=True) -> None:
     """Train (or resume) every unfinished run of ``sweeps`` (shipped ones count as finished).
 
@@ -166,14 +137,14 @@ def train_sweeps(sweeps, runs_dir: Path = RUNS_DIR, data_root=None, device=None,
         if run_status(name, cfg, runs_dir)["finished"]:
             continue
         out = Path(runs_dir) / name
-        if not _claim(out):
+        if not claim_folder(out):
             print(f"-- {name}: being trained by process {lock_holder(out)}, skipped", flush=True)
             continue
         try:
             print(f"== {name}: {json.dumps(dataclasses.asdict(cfg))}", flush=True)
             train(cfg, out, device=device, data_root=data_root, progress=progress)
         finally:
-            (out / LOCK).unlink(missing_ok=True)
+            release_folder(out)
 
 
 # ----- evaluation ------------------------------------------------------------------------

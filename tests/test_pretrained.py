@@ -184,6 +184,14 @@ def test_model_card_is_generated_from_the_data(shipped):
     assert cfg.to_dict() == entry["train_config"] and args.out == f"runs/{NAME}"
 
 
+def test_card_claims_about_resuming_only_what_the_trainer_keeps(shipped):
+    """test_train checks the claim: same weights, optimiser and per-epoch losses and accuracies."""
+    card = (shipped / f"{NAME}.md").read_text()
+    assert "bit-identical" not in card  # the images/s and wall times of a resumed run differ
+    assert "same weights, optimiser state and per-epoch losses and accuracies" in card
+    assert "only its wall time and images/s differ" in card
+
+
 def test_card_of_an_unfinished_run_says_so(tmp_path):
     cfg = TrainConfig(model="cifar10-tiny", epochs=1, batch_size=16, precision="fp32")
     train(

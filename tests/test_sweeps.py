@@ -115,7 +115,8 @@ def test_status_and_training_skip_finished_runs(tmp_path, monkeypatch):
 def test_a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_taken_over(tmp_path, monkeypatch):
     import subprocess
 
-    from coda.sweeps import LOCK, lock_holder
+    from coda.checkpoint import LOCK
+    from coda.sweeps import lock_holder
 
     tiny = dict(model="cifar10-tiny", model_overrides={}, epochs=1, batch_size=8, precision="fp32")
     cfg = dataclasses.replace(sweep_runs("rank")[run_name(rank_factor=4)], **tiny)
