@@ -91,11 +91,35 @@ def load_cifar10(split: str = "train", root: str | os.PathLike | None = None, do
         if not download:
             raise FileNotFoundError(_missing_message(path))
         _download_cifar10(folder, split)
-    with np.load(path) as f:
-        images = torch.from_numpy(f["images"]).permute(0, 3, 1, 2).contiguous()
-        labels = torch.from_numpy(f["labels"]).long()
-        classes = tuple(str(c) for c in f["classes"]) if "classes" in f else CIFAR10_CLASSES
-    return ImageDataset(images, labels, classes)
+    images, labels, classes = _read_cache(path)
+    return ImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels).long(),
+                        classes)
+
+
+_CACHE_FORMAT = "keys images (N, H, W, 3) uint8 RGB, labels (N,) integers in [0, classes), classes (optional)"
+
+
+def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The arrays of a CIFAR cache file, checked; ``ValueError`` naming the file otherwise."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: np.array(f[k]) for k in f.files}
+    except Exception as err:  # empty, truncated, random bytes, pickled objects
+        raise ValueError(f"{path} is not a readable .npz file ({type(err).__name__}: {err}); expected {_CACHE_FORMAT}") from err
+    missing = {"images", "labels"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path} has no {sorted(missing)} (it has {sorted(arrays)}); expected {_CACHE_FORMAT}")
+    images, labels = arrays["images"], arrays["labels"]
+    classes = tuple(str(c) for c in arrays["classes"]) if "classes" in arrays else CIFAR10_CLASSES
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"{path}: images are {images.dtype} {images.shape}; expected {_CACHE_FORMAT}")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: labels are {labels.dtype} {labels.shape} for {len(images)} images; expected "
+                         f"{_CACHE_FORMAT}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ValueError(f"{path}: labels in [{labels.min()}, {labels.max()}], expected [0, {len(classes) - 1}] "
+                         f"({len(classes)} classes)")
+    return images, labels, classes
 
 
 def _missing_message(path: Path) -> str:
@@ -139,17 +163,42 @@ def load_tinyimagenet(root: str | os.PathLike, split: str = "train") -> ImageDat
     wnids = wnids_file.read_text().split()
     index = {w: i for i, w in enumerate(wnids)}
     names = dict(line.split("\t", 1) for line in (root / "words.txt").read_text().splitlines() if "\t" in line) if (root / "words.txt").exists() else {}
-    if split == "train":
-        files = [(p, index[w]) for w in wnids for p in sorted((root / "train" / w / "images").glob("*.JPEG"))]
-    else:
-        rows = [line.split("\t") for line in (root / "val" / "val_annotations.txt").read_text().splitlines() if line]
-        files = [(root / "val" / "images" / r[0], index[r[1]]) for r in rows]
+    files = _tinyimagenet_train_files(root, wnids) if split == "train" else _tinyimagenet_val_files(root, index)
     if not files:
         raise FileNotFoundError(f"no images found for split {split!r} under {root}")
-    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in files])
+    missing = sorted(set(wnids) - {wnids[y] for _, y in files})
+    if missing:
+        raise ValueError(f"no {split} images of the classes {missing[:5]} ({len(missing)} of the {len(wnids)} "
+                         f"in {wnids_file}) under {root}")
+    images = [np.asarray(Image.open(p).convert("RGB")) for p, _ in files]
+    for (p, _), image in zip(files, images, strict=True):
+        if image.shape != images[0].shape:
+            raise ValueError(f"{p} is {image.shape[1]}x{image.shape[0]} pixels, {files[0][0]} is "
+                             f"{images[0].shape[1]}x{images[0].shape[0]}: expected images of one size (64x64)")
+    images = np.stack(images)
     labels = torch.tensor([y for _, y in files], dtype=torch.long)
     classes = tuple(names.get(w, w).split(",")[0].strip() for w in wnids)
     return ImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, classes)
+
+
+def _tinyimagenet_train_files(root: Path, wnids: list[str]) -> list[tuple[Path, int]]:
+    return [(p, i) for i, w in enumerate(wnids) for p in sorted((root / "train" / w / "images").glob("*.JPEG"))]
+
+
+def _tinyimagenet_val_files(root: Path, index: dict[str, int]) -> list[tuple[Path, int]]:
+    """(image, label) of ``val/val_annotations.txt`` (file, wnid, box per line); ``ValueError``
+    naming the line for a wnid that ``wnids.txt`` does not list."""
+    annotations = root / "val" / "val_annotations.txt"
+    files = []
+    for number, line in enumerate(annotations.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in index:
+            raise ValueError(f"{annotations}, line {number}: {line!r} does not name a class of wnids.txt "
+                             "(expected file<TAB>wnid<TAB>box)")
+        files.append((root / "val" / "images" / fields[0], index[fields[1]]))
+    return files
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:

@@ -290,3 +290,78 @@ def test_augmentation_draws_on_the_generators_device():
     b = augment(images.double(), torch.Generator().manual_seed(1))
     torch.testing.assert_close(a.double(), b)
     assert not torch.equal(a, augment(images, torch.Generator().manual_seed(2)))
+
+
+# ----- bad caches and folders: ValueError naming the file -----------------------------------------
+
+
+def write_cache(root: Path, **arrays) -> Path:
+    folder = root / "cifar10"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "test.npz", **arrays)
+    return folder / "test.npz"
+
+
+GOOD = {"images": np.zeros((4, 8, 8, 3), np.uint8), "labels": np.array([0, 1, 2, 9])}
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({**GOOD, "labels": np.array([0, 1, 2, 10])}, r"labels in \[0, 10\], expected \[0, 9\]"),
+        ({**GOOD, "labels": np.array([-1, 1, 2, 3])}, r"labels in \[-1, 3\]"),
+        ({**GOOD, "labels": np.array([0.0, 1.7, 2.0, 3.0])}, "labels are float64"),
+        ({**GOOD, "labels": np.array([0, 1])}, r"labels are int64 \(2,\) for 4 images"),
+        ({**GOOD, "images": np.zeros((4, 3, 8, 8), np.uint8)}, r"images are uint8 \(4, 3, 8, 8\); expected .*\(N, H, W, 3\)"),
+        ({**GOOD, "images": np.zeros((4, 8, 8), np.uint8)}, r"images are uint8 \(4, 8, 8\)"),
+        ({**GOOD, "images": np.zeros((4, 8, 8, 3), np.float32)}, "images are float32"),
+        ({"x": GOOD["images"], "y": GOOD["labels"]}, r"has no \['images', 'labels'\] \(it has \['x', 'y'\]\)"),
+    ],
+    ids=["label-10", "label-minus-1", "float-labels", "label-count", "nchw", "grayscale", "float-images", "other-keys"],
+)
+def test_bad_cifar_cache_raises_naming_the_file(tmp_path, arrays, message):
+    path = write_cache(tmp_path, **arrays)
+    with pytest.raises(ValueError, match=message) as err:
+        load_cifar10("test", tmp_path, download=False)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x04 random bytes" * 20, b"PK\x03\x04 truncated zip"],
+                         ids=["empty", "random", "truncated"])
+def test_unreadable_cifar_cache_raises_naming_the_file(tmp_path, content):
+    path = write_cache(tmp_path, **GOOD)
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{path} is not a readable .npz file"):
+        load_cifar10("test", tmp_path, download=False)
+
+
+def test_pickled_objects_in_a_cifar_cache_are_refused(tmp_path):
+    path = write_cache(tmp_path, **GOOD, classes=np.array([object()] * 10, dtype=object))
+    with pytest.raises(ValueError, match=f"{path} is not a readable .npz file"):
+        load_cifar10("test", tmp_path, download=False)
+
+
+def test_tinyimagenet_without_the_images_of_a_class_raises(tmp_path):
+    make_tinyimagenet(tmp_path)
+    for p in (tmp_path / "train" / WNIDS[1] / "images").iterdir():
+        p.unlink()
+    with pytest.raises(ValueError, match=rf"no train images of the classes \['{WNIDS[1]}'\] \(1 of the 2"):
+        load_tinyimagenet(tmp_path, "train")
+
+
+def test_tinyimagenet_unknown_wnid_in_the_annotations_names_the_line(tmp_path):
+    make_tinyimagenet(tmp_path)
+    annotations = tmp_path / "val" / "val_annotations.txt"
+    annotations.write_text(annotations.read_text() + "val_0.JPEG\tn99\t0\t0\t63\t63\n")
+    with pytest.raises(ValueError, match=f"{annotations}, line 5: .*n99.* does not name a class of wnids.txt"):
+        load_tinyimagenet(tmp_path, "val")
+
+
+def test_tinyimagenet_images_of_mixed_sizes_name_the_file(tmp_path):
+    from PIL import Image
+
+    make_tinyimagenet(tmp_path)
+    odd = tmp_path / "train" / WNIDS[1] / "images" / f"{WNIDS[1]}_1.JPEG"
+    Image.new("RGB", (32, 48), (0, 0, 0)).save(odd)
+    with pytest.raises(ValueError, match=f"{odd} is 32x48 pixels.*expected images of one size"):
+        load_tinyimagenet(tmp_path, "train")
