@@ -80,10 +80,36 @@ def read_manifest(root: str | os.PathLike | None = None) -> dict:
     path = pretrained_dir(root) / MANIFEST
     if not path.exists():
         return {"format": FORMAT, "default": None, "models": {}}
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object, got a {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: manifest format {manifest.get('format')!r}, expected {FORMAT}")
+    for section in ("models", "retired"):
+        _check_entries(manifest, section, path)
     return manifest
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_entries(manifest: dict, section: str, path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` unless ``manifest[section]`` maps names to entries with a
+    ``file``, a ``model_config`` and a ``sha256`` of 64 hex digits (a file is never loaded unchecked)."""
+    entries = manifest.get(section, {} if section == "retired" else None)
+    if not isinstance(entries, dict):
+        raise ValueError(f"{path}: expected {section!r} to be an object of name -> entry, got {entries!r:.80}")
+    for name, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: the entry of {name!r} is a {type(entry).__name__}, expected an object")
+        if not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
+            raise ValueError(f"{path}: {name!r} has sha256 {entry.get('sha256')!r}; expected 64 hex digits "
+                             "(the SHA-256 every load checks)")
+        if not isinstance(entry.get("file"), str) or not isinstance(entry.get("model_config"), dict):
+            raise ValueError(f"{path}: {name!r} needs a 'file' name and a 'model_config' object")
 
 
 def list_pretrained(root: str | os.PathLike | None = None) -> list[str]:

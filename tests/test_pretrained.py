@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -405,3 +406,37 @@ def test_every_shipped_model_loads_and_matches_its_name_and_card():
         assert name.endswith(f"-T{model.temperature:g}") and (P.PRETRAINED_DIR / f"{name}.md").exists()
         accuracy = evaluate_accuracy(model, test)["accuracy"]
         assert abs(accuracy - entry["test_accuracy"]) < 0.05, (name, accuracy, entry["test_accuracy"])
+
+
+# ----- malformed manifests: ValueError naming the file, never a load without the hash check ------
+
+
+GOOD_ENTRY = {"file": "m-T10.pt", "sha256": "a" * 64, "model_config": {}}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "expected a JSON object, got a list"),
+        ('{"format": 1}', "expected 'models' to be an object of name -> entry, got None"),
+        ('{"format": 1, "models": []}', "expected 'models' to be an object"),
+        ('{"format": 1, "models": {"m-T10": "m-T10.pt"}}', "the entry of 'm-T10' is a str"),
+        (json.dumps({"format": 1, "models": {"m-T10": {**GOOD_ENTRY, "sha256": None}}}),
+         "'m-T10' has sha256 None; expected 64 hex digits"),
+        (json.dumps({"format": 1, "models": {"m-T10": {k: v for k, v in GOOD_ENTRY.items() if k != "sha256"}}}),
+         "'m-T10' has sha256 None"),
+        (json.dumps({"format": 1, "models": {"m-T10": {**GOOD_ENTRY, "sha256": "abc"}}}), "has sha256 'abc'"),
+        (json.dumps({"format": 1, "models": {"m-T10": {**GOOD_ENTRY, "file": None}}}), "needs a 'file' name"),
+        (json.dumps({"format": 1, "models": {}, "retired": {"m-T10": {**GOOD_ENTRY, "sha256": None}}}),
+         "'m-T10' has sha256 None"),
+    ],
+    ids=["bad-json", "list", "no-models", "models-list", "entry-str", "sha-null", "sha-missing", "sha-short",
+         "no-file", "retired-sha-null"],
+)
+def test_malformed_manifest_raises_naming_the_file(tmp_path, text, message):
+    path = tmp_path / P.MANIFEST
+    path.write_text(text)
+    for call in (P.list_pretrained, P.read_manifest, lambda root: P.load_pretrained("m-T10", root=root)):
+        with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + message):
+            call(tmp_path)
