@@ -205,3 +205,11 @@ def test_explanation_mode_is_the_frozen_linear_map(fn, norm):
     # The ordinary Jacobian also differentiates the weights, so it is not W(x0).
     J_full = torch.autograd.functional.jacobian(lambda x: f(x, detach=False), x0)
     assert not torch.allclose(J_full.reshape(J.shape) @ x0.flatten(), f(x0).flatten())
+
+
+def test_contraction_matches_einsum_with_exact_first_and_second_derivatives():
+    bx = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(F_dau._Contraction.apply(bx, z), torch.einsum("pja,pa->pj", bx, z))
+    assert torch.autograd.gradcheck(F_dau._Contraction.apply, (bx, z))
+    assert torch.autograd.gradgradcheck(F_dau._Contraction.apply, (bx, z))
