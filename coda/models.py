@@ -210,8 +210,11 @@ class CoDANet(nn.Module):
 
         Floating-point images of another dtype than the model's weights (float64, float16,
         bfloat16 into a float32 model) are cast to the weights' dtype; autocast still applies.
+        The values are checked except in training mode on a GPU, where the check would make
+        the host wait for the device at every step (the trainer's images come from uint8 and
+        are in [0, 1] by construction; its divergence check catches a NaN loss).
         """
-        check_images(images, self.config.in_channels)
+        check_images(images, self.config.in_channels, values=not (self.training and images.device.type != "cpu"))
         images = images.to(next(self.parameters()).dtype)
         return torch.cat([images, 1 - images], dim=1)
 
@@ -249,9 +252,9 @@ class CoDANet(nn.Module):
         return f"temperature={self.temperature:g}, logit_bias={self.logit_bias:.4f}"
 
 
-def check_images(images: torch.Tensor, channels: int) -> None:
+def check_images(images: torch.Tensor, channels: int, values: bool = True) -> None:
     """Raise ``ValueError`` unless ``images`` is a float batch (B, channels, H, W), H, W >= 1,
-    with values in [0, 1] (so no NaN or inf)."""
+    with values in [0, 1] (so no NaN or inf; checked only if ``values``)."""
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"expected images as a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4 or images.shape[1] != channels:
@@ -262,7 +265,7 @@ def check_images(images: torch.Tensor, channels: int) -> None:
         raise ValueError(f"expected images of at least 1 x 1 pixels, got shape {tuple(images.shape)}")
     if not images.is_floating_point():
         raise ValueError(f"expected floating-point images in [0, 1], got dtype {images.dtype}")
-    if not ((images >= 0) & (images <= 1)).all():  # one check (and one sync) for range, NaN and inf
+    if values and not ((images >= 0) & (images <= 1)).all():  # one check (and one sync) for range, NaN and inf
         if not torch.isfinite(images).all():
             raise ValueError("images contain NaN or inf; expected values in [0, 1]")
         raise ValueError(
