@@ -214,7 +214,8 @@ class CoDANet(nn.Module):
         the host wait for the device at every step (the trainer's images come from uint8 and
         are in [0, 1] by construction; its divergence check catches a NaN loss).
         """
-        check_images(images, self.config.in_channels, values=not (self.training and images.device.type != "cpu"))
+        on_gpu = isinstance(images, torch.Tensor) and images.device.type != "cpu"
+        check_images(images, self.config.in_channels, values=not (self.training and on_gpu))
         images = images.to(next(self.parameters()).dtype)
         return torch.cat([images, 1 - images], dim=1)
 
