@@ -3,9 +3,10 @@
     logit_c = (sum over positions of a_L[c]) / T + b0,      a_L = CoDA_L(... CoDA_1([x, 1-x]))
 
 ``build_model(name, **overrides)`` builds the paper's configurations ("cifar10-9L-S",
-"imagenet100-9L-L"), small CPU configurations, and hybrids whose first layers are a
-conventional CNN stem (``stem_depth``). The authors' published checkpoints load through
-:func:`coda.reference.from_reference_state_dict`.
+"imagenet100-9L-L"), small CPU configurations, hybrids whose first layers are a thin
+conventional CNN stem (``stem_depth``), the ResNet-20 of He et al. ("cifar10-resnet20") and
+hybrids whose embedding is its first stages (``resnet_stages``, "cifar10-hybrid"). The
+authors' published checkpoints load through :func:`coda.reference.from_reference_state_dict`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ import dataclasses
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from coda.layers import CoDAConv2d
 
 LOGIT_BIAS = math.log(0.1 / 0.9)  # = -log 9: sigmoid(b0) = 0.1, the prior of one of 10 classes
+RESNET_STAGE_CHANNELS = (16, 32, 64)  # ResNet-20's three stages of 3 basic blocks, strides 1, 2, 2
+RESNET_BLOCKS_PER_STAGE = 3
+# How many layers of the 9L-S layout the first d stages of ResNet-20 replace (d = 0, 1, 2, 3): the
+# 9L-S has the same three resolutions, with 2, 3 and 3 layers, and then its 1x1 classifier layer.
+RESNET_STAGE_ENDS = (0, 2, 5, 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +36,14 @@ class CoDANetConfig:
     padding ``(k - 1) // 2`` and rank ``rank_multipliers[i] * rank_factor``. The last layer's
     channels are the classes. The first ``stem_depth`` layers are conventional
     conv-BN-ReLU blocks instead of CoDA layers (a hybrid network).
+
+    ``resnet_stages = d`` (0 to 3, only for the 9L-S layout) makes the first d stages of
+    ResNet-20 the network's conventional embedding: its first conv-BN-ReLU (counted with
+    stage 1) and ``3 d`` basic residual blocks replace the first ``RESNET_STAGE_ENDS[d]`` =
+    0, 2, 5 or 8 layers of the layout, which end at the same resolution and channels (16 at
+    32 x 32, 32 at 16 x 16, 64 at 8 x 8 for CIFAR images), and the CoDA layers continue the
+    layout from there. ``stem_depth`` is then 0, or, with d = 3, the number of layers: the
+    classifier is a plain 1x1 convolution too, the all-conventional ResNet-20.
     """
 
     channels: tuple[int, ...]
@@ -41,6 +56,7 @@ class CoDANetConfig:
     norm: str = "squash"
     in_channels: int = 3
     stem_depth: int = 0
+    resnet_stages: int = 0
 
     def __post_init__(self):
         n = len(self.channels)
@@ -65,6 +81,32 @@ class CoDANetConfig:
             raise ValueError(f"in_channels must be a positive int, got {self.in_channels!r}")
         if not _is_int(self.stem_depth) or not 0 <= self.stem_depth <= n:
             raise ValueError(f"stem_depth must be an int in [0, {n}], got {self.stem_depth!r}")
+        if not _is_int(self.resnet_stages) or not 0 <= self.resnet_stages <= len(RESNET_STAGE_CHANNELS):
+            raise ValueError(f"resnet_stages must be an int in [0, 3] (stages of ResNet-20), got {self.resnet_stages!r}")
+        if self.resnet_stages:
+            self._check_resnet_layout()
+
+    def _check_resnet_layout(self) -> None:
+        """ResNet-20 stages replace layers of the 9L-S layout: only that layout takes them."""
+        layout = (self.channels[:-1], self.kernel_sizes[:-1], self.strides[:-1])
+        nine = (_CIFAR_9L_S.channels[:-1], _CIFAR_9L_S.kernel_sizes[:-1], _CIFAR_9L_S.strides[:-1])
+        if layout != nine or self.kernel_sizes[-1] != 1:
+            raise ValueError(
+                "resnet_stages needs the 9L-S layout (channels 16, 16, 32, 32, 32, 64, 64, 64, classes; "
+                f"strides 1, 1, 2, 1, 1, 2, 1, 1, 1; kernels 3 and a 1x1 classifier), got channels "
+                f"{self.channels}, strides {self.strides}, kernels {self.kernel_sizes}"
+            )
+        n = len(self.channels)
+        if self.stem_depth not in (0, n) or (self.stem_depth == n and self.resnet_stages != 3):
+            raise ValueError(
+                f"with resnet_stages={self.resnet_stages}, stem_depth must be 0 (CoDA layers after the ResNet "
+                f"stages) or {n} with resnet_stages=3 (the all-conventional ResNet-20), got {self.stem_depth}"
+            )
+
+    @property
+    def coda_start(self) -> int:
+        """The index of the first CoDA layer in the layout (the layers before it are conventional)."""
+        return max(self.stem_depth, RESNET_STAGE_ENDS[self.resnet_stages])
 
     @property
     def ranks(self) -> tuple[int, ...]:
@@ -129,6 +171,13 @@ CONFIGS: dict[str, CoDANetConfig] = {
         temperature=64.0,
         stem_depth=9,
     ),
+    # ResNet-20 (He et al. 2016, CIFAR variant; 270,154 parameters) in the 9L-S layout: its three
+    # stages replace layers 1-8 and a 1x1 conv with bias the classifier. Temperature 64 =
+    # average pooling over its 8 x 8 output positions: global average pooling and a linear layer.
+    "cifar10-resnet20": _CIFAR_9L_S.replace(rank_factor=8, temperature=64.0, stem_depth=9, resnet_stages=3),
+    # CoDA layers on the first d stages of ResNet-20 (resnet_stages=d, 1 by default; 0 is the
+    # 9L-S itself), continuing the 9L-S layout with its ranks and temperature.
+    "cifar10-hybrid": _CIFAR_9L_S.replace(resnet_stages=1),
     # A 5-layer CIFAR model for tests, smoke runs and lessons that train live on a CPU.
     "cifar10-tiny": CoDANetConfig(
         channels=(16, 32, 32, 32, 10),
@@ -146,10 +195,12 @@ def build_model(name: str, **overrides) -> CoDANet:
 
     Parameters
     ----------
-    name : one of ``CONFIGS`` ("cifar10-9L-S", "imagenet100-9L-L", "cifar10-tiny").
+    name : one of ``CONFIGS`` ("cifar10-9L-S", "imagenet100-9L-L", "cifar10-resnet20",
+        "cifar10-hybrid", "cifar10-cnn", "cifar10-tiny").
     **overrides : fields of :class:`CoDANetConfig` to change, e.g. ``temperature=100``,
         ``rank_factor=8`` (the paper's rank ablation), ``stem_depth=2`` (a hybrid with a
-        conventional stem), ``norm="l2"``, ``num_classes=...``. Unknown names raise.
+        thin conventional stem), ``resnet_stages=2`` (a hybrid on the first two stages of
+        ResNet-20), ``norm="l2"``, ``num_classes=...``. Unknown names raise.
 
     Returns
     -------
@@ -172,16 +223,71 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int, stride: in
     )
 
 
+class BasicBlock(nn.Module):
+    """ResNet's basic residual block (He et al. 2016): two 3x3 conv-BN, ReLU after the sum.
+
+        out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))
+
+    The shortcut is the identity, or, where the block changes the resolution or the channels,
+    "option A" of the CIFAR ResNets: every ``stride``-th position, with zero channels appended
+    (no parameters). Shapes: (B, C_in, H, W) -> (B, C_out, H / stride, W / stride).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(f"option-A shortcuts only add channels, got {in_channels} -> {out_channels}")
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.in_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+def resnet20_stages(in_channels: int, stages: int) -> list[nn.Module]:
+    """The first ``stages`` stages of ResNet-20 for CIFAR (He et al. 2016, section 4.2).
+
+    A 3x3 conv-BN-ReLU to 16 channels (counted with stage 1), then per stage 3 basic blocks
+    with 16, 32, 64 channels, the first of stages 2 and 3 with stride 2. Convolutions start
+    from He et al.'s initialisation (normal, fan-out). Returns the modules in order:
+    ``1 + 3 * stages`` of them.
+    """
+    modules = [conv_block(in_channels, RESNET_STAGE_CHANNELS[0], 3, 1)]
+    c_in = RESNET_STAGE_CHANNELS[0]
+    for stage, c_out in enumerate(RESNET_STAGE_CHANNELS[:stages]):
+        for block in range(RESNET_BLOCKS_PER_STAGE):
+            modules.append(BasicBlock(c_in, c_out, stride=2 if stage > 0 and block == 0 else 1))
+            c_in = c_out
+    for m in modules:
+        for conv in (c for c in m.modules() if isinstance(c, nn.Conv2d)):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return modules
+
+
 class CoDANet(nn.Module):
     """A CoDA-Net: encoding ``[x, 1-x]``, optional conventional stem, CoDA layers, pooling.
 
     Attributes
     ----------
     config : the :class:`CoDANetConfig` it was built from.
-    stem : ``nn.Sequential`` of conv-BN-ReLU blocks (empty for a pure CoDA-Net).
+    stem : ``nn.Sequential``, the conventional embedding: conv-BN-ReLU blocks, or ResNet-20's
+        first conv-BN-ReLU and basic blocks (``resnet_stages``); empty for a pure CoDA-Net.
     layers : ``nn.ModuleList`` of :class:`CoDAConv2d`, the explained part (empty for an
         all-conventional network).
     temperature, logit_bias : the output scaling ``logit = sum(a_L) / T + logit_bias``.
+    stem_frozen : whether :meth:`freeze_stem` was called (the stem then stays in eval mode).
     """
 
     def __init__(self, config: CoDANetConfig):
@@ -189,17 +295,37 @@ class CoDANet(nn.Module):
         self.config = config
         self.temperature = float(config.temperature)
         self.logit_bias = float(config.logit_bias)
+        self.stem_frozen = False
         c_in = 2 * config.in_channels
-        stem, layers = [], []
+        stem = resnet20_stages(c_in, config.resnet_stages) if config.resnet_stages else []
+        layers = []
         specs = zip(config.channels, config.kernel_sizes, config.strides, config.ranks, strict=True)
         for i, (c_out, k, s, r) in enumerate(specs):
-            if i < config.stem_depth:
+            if i < RESNET_STAGE_ENDS[config.resnet_stages]:
+                pass  # replaced by the ResNet stages
+            elif i < config.stem_depth:
                 stem.append(conv_block(c_in, c_out, k, s, last=i == len(config.channels) - 1))
             else:
                 layers.append(CoDAConv2d(c_in, c_out, k, s, rank=r, norm=config.norm))
             c_in = c_out
         self.stem = nn.Sequential(*stem)
         self.layers = nn.ModuleList(layers)
+
+    def freeze_stem(self) -> CoDANet:
+        """Freeze the conventional stem: no gradients for its parameters, and its batch norms
+        keep their running statistics (eval mode) also while the model trains. Returns the model."""
+        if not len(self.stem):
+            raise ValueError("this network has no conventional stem to freeze")
+        self.stem.requires_grad_(False)
+        self.stem_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> CoDANet:
+        """``nn.Module.train``, except that a frozen stem stays in eval mode."""
+        super().train(mode)
+        if self.stem_frozen:
+            self.stem.eval()
+        return self
 
     @property
     def num_classes(self) -> int:

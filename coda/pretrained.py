@@ -42,7 +42,7 @@ from coda.checkpoint import load_checkpoint, save_checkpoint, sha256, write_json
 from coda.data import PROJECT_ROOT, load_cifar10
 from coda.hardware import cpu_info
 from coda.inference import evaluate_accuracy
-from coda.models import CoDANet, CoDANetConfig
+from coda.models import RESNET_STAGE_ENDS, CoDANet, CoDANetConfig
 from coda.train import TrainConfig, train_command
 
 PRETRAINED_DIR = PROJECT_ROOT / "data" / "pretrained"
@@ -483,7 +483,10 @@ def model_card(entry: dict, notes: str = "") -> str:
     """The markdown model card of a manifest ``entry`` (see :func:`export_pretrained`)."""
     name = entry["file"].removesuffix(".pt")
     mc = entry["model_config"]
-    kind = ("An all-conventional CNN (no CoDA layer)" if not _n_coda_layers(mc)
+    resnet = mc.get("resnet_stages", 0)
+    kind = ("ResNet-20 (He et al. 2016), an all-conventional CNN (no CoDA layer)" if resnet and not _n_coda_layers(mc)
+            else "An all-conventional CNN (no CoDA layer)" if not _n_coda_layers(mc)
+            else f"A hybrid CoDA-Net (the first {resnet} stage(s) of ResNet-20, CoDA layers)" if resnet
             else "A hybrid CoDA-Net (conventional stem, CoDA layers)" if mc["stem_depth"] else "A CoDA-Net")
     sections = [
         f"# {name}\n\n{kind} for CIFAR-10, trained with `coda.train` and exported with "
@@ -583,10 +586,16 @@ def _precision_text(requested: str, history: list[dict]) -> str:
 
 
 def _schedule_text(tc: dict) -> str:
+    optimizer = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD (Nesterov momentum 0.9)"}[tc.get("optimizer", "adam")]
+    if tc.get("weight_decay"):
+        optimizer += f", weight decay {tc['weight_decay']:g}"
+    if tc.get("embedding_from"):
+        how = "frozen" if tc.get("freeze_embedding") else "fine-tuned"
+        optimizer += f", embedding from `{tc['embedding_from']}` ({how})"
     if tc["schedule"] == "paper":
-        return f"Adam, lr {tc['lr']:g} divided by 1.5 every 30 epochs (the paper's)"
+        return f"{optimizer}, lr {tc['lr']:g} divided by 1.5 every 30 epochs (the paper's)"
     return (
-        f"Adam, peak lr {tc['lr']:g}, linear warm-up over {tc['warmup_epochs']:g} epoch(s), "
+        f"{optimizer}, peak lr {tc['lr']:g}, linear warm-up over {tc['warmup_epochs']:g} epoch(s), "
         "then cosine decay to 0"
     )
 
@@ -598,19 +607,34 @@ def _duration(seconds: float) -> str:
 
 def _n_coda_layers(mc: dict) -> int:
     """How many of a model config's layers are CoDA layers (the rest form the conventional stem)."""
-    return len(mc["channels"]) - mc["stem_depth"]
+    return len(mc["channels"]) - _coda_start(mc)
+
+
+def _coda_start(mc: dict) -> int:
+    """The layout index of the first CoDA layer (configs before resnet_stages have none)."""
+    return max(mc["stem_depth"], RESNET_STAGE_ENDS[mc.get("resnet_stages", 0)])
 
 
 def _ranks(mc: dict) -> list[str]:
     """Each layer's rank as text; "-" for the layers of a conventional stem (they have none)."""
     return [
-        "-" if i < mc["stem_depth"] else str(m * mc["rank_factor"]) for i, m in enumerate(mc["rank_multipliers"])
+        "-" if i < _coda_start(mc) else str(m * mc["rank_factor"]) for i, m in enumerate(mc["rank_multipliers"])
     ]
 
 
+def _layer_kind(mc: dict, i: int) -> str:
+    """Layer ``i`` of the layout as built: CoDA, a conventional block, or in a ResNet-20 stage."""
+    ends = RESNET_STAGE_ENDS[: mc.get("resnet_stages", 0) + 1]
+    if i < ends[-1]:
+        return f"ResNet-20 stage {next(k for k in range(1, len(ends)) if i < ends[k])}"
+    if i >= _coda_start(mc):
+        return "CoDA"
+    return "conv" if i == len(mc["channels"]) - 1 else "conv-BN-ReLU"
+
+
 def _layer_table(mc: dict) -> str:
-    n, stem = len(mc["channels"]), mc["stem_depth"]
-    kinds = ["CoDA" if i >= stem else "conv" if i == n - 1 else "conv-BN-ReLU" for i in range(n)]
+    n, stem = len(mc["channels"]), _coda_start(mc)
+    kinds = [_layer_kind(mc, i) for i in range(n)]
     head = "## Layers\n\n| layer | " + " | ".join(str(i + 1) for i in range(n)) + " |"
     rows = [
         ("type", kinds),
@@ -621,6 +645,10 @@ def _layer_table(mc: dict) -> str:
     ]
     lines = [head, "|---" * (n + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(map(str, values)) + " |" for label, values in rows]
+    if mc.get("resnet_stages", 0):
+        lines += ["", "The columns of a ResNet-20 stage are that stage as a whole: 3 basic residual blocks of "
+                  "two 3x3 conv-BN each (stage 1 also the first 3x3 conv-BN-ReLU), in place of those layers "
+                  "of the 9L-S layout, which end at the same resolution and channels."]
     if not _n_coda_layers(mc):
         lines += ["", "All layers are conventional: a CNN baseline without contributions."]
     elif stem:

@@ -73,8 +73,11 @@ def from_reference_state_dict(state_dict: Mapping[str, torch.Tensor], name: str,
     The :class:`coda.CoDANet`. ``ValueError`` if a key is missing or a shape differs.
     """
     model = build_model(name, **overrides)
-    if model.config.stem_depth:
-        raise ValueError("published checkpoints are pure CoDA-Nets; stem_depth must be 0")
+    if model.config.coda_start:
+        raise ValueError(
+            f"published checkpoints are pure CoDA-Nets; {name!r} with {overrides} has a conventional stem "
+            f"(stem_depth={model.config.stem_depth}, resnet_stages={model.config.resnet_stages}); both must be 0"
+        )
     sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
     indices = sorted(int(m.group(1)) for k in sd if (m := _REFERENCE_KEY.match(k)))
     if len(indices) != len(model.layers):

@@ -118,7 +118,7 @@ def run_status(name: str, cfg: TrainConfig, runs_dir: Path = RUNS_DIR) -> dict:
         return status | {"epochs_done": cfg.epochs, "finished": True, "retired": True}
     if path.exists():
         ckpt = load_checkpoint(path)
-        if ckpt["config"] != cfg.to_dict():
+        if TrainConfig(**ckpt["config"]) != cfg:  # fields added to TrainConfig later take their defaults
             raise ValueError(f"{path} holds a run of another config; move it away or delete it")
         status["epochs_done"] = ckpt["epoch"]
         status["finished"] = ckpt["epoch"] >= cfg.epochs
@@ -160,6 +160,14 @@ def layer_explainer(layer: int) -> Explainer:
                      options={"layer": layer}, post_hoc=False)
 
 
+def stem_text(config) -> str:
+    """What a model's conventional stem is, e.g. "a 3-block stem", "ResNet-20 stages 1-2"."""
+    d = config.resnet_stages
+    if d:
+        return "ResNet-20 stage 1" if d == 1 else f"ResNet-20 stages 1-{d}"
+    return f"a {config.stem_depth}-block stem"
+
+
 def evaluate_model(model: CoDANet, test, n_grids: int, n_removal: int, seed: int = 0) -> dict:
     """Accuracy, localisation and pixel removal of one model's contributions.
 
@@ -169,7 +177,7 @@ def evaluate_model(model: CoDANet, test, n_grids: int, n_removal: int, seed: int
     """
     row = {"parameters": sum(p.numel() for p in model.parameters()),
            "test_accuracy": evaluate_accuracy(model, test)["accuracy"],
-           "explained_from": "input" if not len(model.stem) else f"layer 0 (after a {len(model.stem)}-block stem)",
+           "explained_from": "input" if not len(model.stem) else f"layer 0 (after {stem_text(model.config)})",
            "localisation_mean": None, "localisation_median": None, "n_grids": 0, "removal_mean": None,
            "n_removal": 0}
     if not len(model.layers):

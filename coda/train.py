@@ -1,4 +1,4 @@
-"""Training CoDA-Nets: BCE on one-hot targets, Adam, resumable checkpoints.
+"""Training CoDA-Nets: BCE on one-hot targets, Adam (or AdamW, SGD), resumable checkpoints.
 
 Run from the command line for long jobs (checkpoints are written as it goes; running the
 same command again resumes from ``<out>/last.pt``)::
@@ -29,6 +29,8 @@ from coda.inference import autocast, evaluate_accuracy, predict  # noqa: F401  (
 from coda.models import CONFIGS, CoDANet, build_model
 
 SCHEDULES = ("paper", "cosine")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SGD_MOMENTUM = 0.9  # Nesterov momentum of "sgd", as for the CIFAR ResNets
 CHECKPOINT_FORMAT = 1
 
 
@@ -37,9 +39,14 @@ class TrainConfig:
     """Everything that determines a training run (and so must match when resuming).
 
     model, model_overrides : passed to :func:`coda.build_model`.
-    epochs, batch_size : the budget; ``batch_size`` is the effective batch of one Adam step.
+    epochs, batch_size : the budget; ``batch_size`` is the effective batch of one optimiser step.
     accumulate : split each batch into this many micro-batches (gradient accumulation).
-    lr : Adam's learning rate (the peak, for "cosine").
+    lr : the optimiser's learning rate (the peak, for "cosine").
+    optimizer : "adam" (the paper's, no weight decay), "adamw" (Adam with decoupled weight
+        decay) or "sgd" (SGD with Nesterov momentum 0.9 and L2 weight decay, as for ResNets).
+        The BCE loss averages over batch and classes, so its gradients are about 1/10 of a
+        softmax cross-entropy's on 10 classes: Adam(W) does not mind, SGD needs a larger lr.
+    weight_decay : applied to every trainable parameter by "adamw" and "sgd"; 0 for "adam".
     schedule : "paper" (lr / 1.5 every 30 epochs) or "cosine" (linear warm-up over
         ``warmup_epochs``, then cosine decay to 0 at the last step).
     precision : "auto", "fp32", "bf16" or "fp16". "auto" is resolved on the machine that
@@ -50,6 +57,13 @@ class TrainConfig:
     init_from : the name of a shipped model (``coda.list_pretrained()``) whose weights start
         the run instead of a random initialisation (a fresh optimiser); it must have the
         same architecture as ``model`` with ``model_overrides``.
+    embedding_from : for a hybrid on ResNet-20 stages (``resnet_stages`` d >= 1): a shipped
+        model's name or a ``coda.train`` checkpoint path whose first d ResNet-20 stages
+        (its ``stem``; e.g. a trained "cifar10-resnet20") start the embedding; the CoDA
+        layers start from their random initialisation.
+    freeze_embedding : keep the embedding from ``embedding_from`` fixed: no gradient, and its
+        batch norms use their running statistics in training too (:meth:`CoDANet.freeze_stem`);
+        False fine-tunes it with the rest.
     """
 
     model: str = "cifar10-9L-S"
@@ -66,10 +80,20 @@ class TrainConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     init_from: str | None = None
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    embedding_from: str | None = None
+    freeze_embedding: bool = False
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not (_is_real(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if self.optimizer == "adam" and self.weight_decay:
+            raise ValueError(f"optimizer 'adam' has no weight decay (got {self.weight_decay!r}); use 'adamw' or 'sgd'")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "accumulate", "seed"):
@@ -93,7 +117,27 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; expected one of {sorted(CONFIGS)}")
         if not isinstance(self.model_overrides, dict):
             raise ValueError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
-        CONFIGS[self.model].replace(**self.model_overrides)  # ValueError for a bad field or value
+        model_config = CONFIGS[self.model].replace(**self.model_overrides)  # ValueError for a bad field or value
+        self._check_embedding(model_config)
+
+    def _check_embedding(self, model_config) -> None:
+        for name in ("init_from", "embedding_from"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ValueError(f"{name} must be None or a model name or path, got {value!r}")
+        if not isinstance(self.freeze_embedding, bool):
+            raise ValueError(f"freeze_embedding must be True or False, got {self.freeze_embedding!r}")
+        if self.embedding_from is not None:
+            if not model_config.resnet_stages or model_config.stem_depth:
+                raise ValueError(
+                    "embedding_from needs a hybrid on ResNet-20 stages (resnet_stages >= 1, with CoDA layers), "
+                    f"got {self.model!r} with resnet_stages={model_config.resnet_stages}, "
+                    f"stem_depth={model_config.stem_depth}"
+                )
+            if self.init_from is not None:
+                raise ValueError("init_from (the whole model) and embedding_from exclude each other")
+        if self.freeze_embedding and self.embedding_from is None:
+            raise ValueError("freeze_embedding needs embedding_from: a frozen random embedding would never learn")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -129,15 +173,52 @@ def _epoch_generator(cfg: TrainConfig, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
 
 
-def _new_state(cfg: TrainConfig, device: torch.device) -> dict:
+def _new_state(cfg: TrainConfig, device: torch.device, initialise: bool = True) -> dict:
+    """A fresh run's state; ``initialise=False`` skips loading ``init_from`` and
+    ``embedding_from`` (a resumed run loads its own weights)."""
     with torch.random.fork_rng(devices=[]):  # seed the initialisation, leave the caller's RNG alone
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, **cfg.model_overrides).to(device)
-    if cfg.init_from is not None:
+    if cfg.init_from is not None and initialise:
         _init_from_shipped(model, cfg.init_from)
-    return {"model": model, "optimizer": torch.optim.Adam(model.parameters(), lr=cfg.lr),
+    if cfg.embedding_from is not None and initialise:
+        init_embedding(model, cfg.embedding_from)
+    if cfg.freeze_embedding:
+        model.freeze_stem()
+    return {"model": model, "optimizer": make_optimizer(cfg, model),
             "epoch": 0, "step": 0, "history": [], "wall_time": 0.0, "cpu_time": 0.0,
             "generator": _epoch_generator(cfg, 0).get_state(), "epoch_sums": _zero_sums()}
+
+
+def make_optimizer(cfg: TrainConfig, model: CoDANet) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over all of the model's parameters (frozen ones get no gradient, and
+    the optimisers skip parameters without one)."""
+    params = list(model.parameters())
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr)
+
+
+def init_embedding(model: CoDANet, spec: str) -> None:
+    """Copy the first ``model.config.resnet_stages`` ResNet-20 stages of another model into
+    ``model.stem``.
+
+    spec : a shipped model's name or the path of a ``coda.train`` checkpoint (read with
+        ``torch.load(weights_only=True)``), e.g. a trained "cifar10-resnet20". It needs at
+        least as many ResNet-20 stages as ``model`` and the same input channels.
+    """
+    from coda.evaluate import load_model  # the shipped models import this module
+
+    source, _ = load_model(spec)
+    d, have = model.config.resnet_stages, source.config.resnet_stages
+    if d < 1 or have < d or source.config.in_channels != model.config.in_channels:
+        raise ValueError(
+            f"embedding_from={spec!r} has {have} ResNet-20 stages on {source.config.in_channels} input channels; "
+            f"the model needs {d} (>= 1) on {model.config.in_channels}"
+        )
+    model.stem.load_state_dict(source.stem[: len(model.stem)].state_dict())
 
 
 def _init_from_shipped(model: CoDANet, name: str) -> None:
@@ -164,7 +245,7 @@ def _load_state(cfg: TrainConfig, path: Path, device: torch.device) -> dict:
             f"{path} was written by a different training config; resume with the same one "
             f"or choose another --out.\n  checkpoint: {ckpt['config']}\n  now:        {cfg.to_dict()}"
         )
-    state = _new_state(cfg, device)
+    state = _new_state(cfg, device, initialise=False)
     state["model"].load_state_dict(ckpt["model"])
     state["optimizer"].load_state_dict(ckpt["optimizer"])
     for key in ("epoch", "step", "history", "wall_time", "generator"):
@@ -361,7 +442,7 @@ def epoch_line(row: dict, epochs: int) -> str:
             f"{row.get('precision', '?')}  {row['wall_time'] / 3600:.2f} h")
 
 
-_OVERRIDE_OPTIONS = ("temperature", "rank_factor", "stem_depth", "norm")  # model_overrides on the CLI
+_OVERRIDE_OPTIONS = ("temperature", "rank_factor", "stem_depth", "resnet_stages", "norm")  # model_overrides on the CLI
 _INT_OPTIONS = ("epochs", "batch_size", "accumulate", "seed", "train_subset", "test_subset")
 
 
@@ -372,15 +453,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float)
     p.add_argument("--rank-factor", type=int)
     p.add_argument("--stem-depth", type=int)
+    p.add_argument("--resnet-stages", type=int, help="hybrids: the first d stages of ResNet-20 as the embedding")
     p.add_argument("--norm", choices=("squash", "l2"))
     for f in _INT_OPTIONS:
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(TrainConfig, f, None))
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs)
     p.add_argument("--schedule", choices=SCHEDULES, default=TrainConfig.schedule)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer)
+    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     p.add_argument("--precision", choices=PRECISIONS, default=TrainConfig.precision)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--init-from", help="start from the weights of this shipped model (coda.list_pretrained())")
+    p.add_argument("--embedding-from", help="hybrids: start the embedding from this model's ResNet-20 stages "
+                   "(a shipped model's name or a coda.train checkpoint)")
+    p.add_argument("--freeze-embedding", action="store_true", help="keep the embedding from --embedding-from fixed")
     p.add_argument("--device")
     p.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
     p.add_argument("--save-every", type=int, default=200, help="optimiser steps between checkpoints")
@@ -402,7 +489,9 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpar
         cfg = TrainConfig(model=a.model, model_overrides=overrides, epochs=a.epochs, batch_size=a.batch_size,
                           accumulate=a.accumulate, lr=a.lr, schedule=a.schedule, warmup_epochs=a.warmup_epochs,
                           precision=a.precision, augment=not a.no_augment, seed=a.seed,
-                          train_subset=a.train_subset, test_subset=a.test_subset, init_from=a.init_from)
+                          train_subset=a.train_subset, test_subset=a.test_subset, init_from=a.init_from,
+                          optimizer=a.optimizer, weight_decay=a.weight_decay, embedding_from=a.embedding_from,
+                          freeze_embedding=a.freeze_embedding)
     except ValueError as err:  # the usage line and the message, exit status 2
         p.error(str(err))
     return cfg, a
@@ -425,11 +514,15 @@ def train_command(cfg: TrainConfig, out: str = "runs/NAME") -> str:
              if k in cfg.model_overrides]
     args += [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in _INT_OPTIONS if getattr(cfg, k) is not None]
     args += [f"--lr {cfg.lr!r}", f"--warmup-epochs {cfg.warmup_epochs!r}", f"--schedule {cfg.schedule}",
-             f"--precision {cfg.precision}"]
+             f"--optimizer {cfg.optimizer}", f"--weight-decay {cfg.weight_decay!r}", f"--precision {cfg.precision}"]
     if not cfg.augment:
         args.append("--no-augment")
     if cfg.init_from is not None:
         args.append(f"--init-from {shlex.quote(cfg.init_from)}")
+    if cfg.embedding_from is not None:
+        args.append(f"--embedding-from {shlex.quote(cfg.embedding_from)}")
+    if cfg.freeze_embedding:
+        args.append("--freeze-embedding")
     return " ".join(args)
 
 

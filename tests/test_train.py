@@ -150,6 +150,15 @@ def test_command_line_of_the_long_cifar_run():
             seed=3,
             warmup_epochs=0.25,
         ),
+        TrainConfig(model="cifar10-resnet20", optimizer="sgd", lr=0.5, weight_decay=5e-4),
+        TrainConfig(
+            model="cifar10-hybrid",
+            model_overrides={"resnet_stages": 2, "rank_factor": 8, "temperature": 1000.0},
+            optimizer="adamw",
+            weight_decay=0.05,
+            embedding_from="runs/cifar10-resnet20/last.pt",
+            freeze_embedding=True,
+        ),
     ],
 )
 def test_train_command_parses_back_to_the_config(cfg):
@@ -417,6 +426,9 @@ def test_bad_checkpoint_intervals_raise(kwargs, tmp_path):
         (["--temperature", "0"], "temperature must be a finite number > 0"),
         (["--rank-factor", "0"], "rank_factor must be a positive int"),
         (["--stem-depth", "12"], r"stem_depth must be an int in \[0, 9\], got 12"),
+        (["--model", "cifar10-hybrid", "--resnet-stages", "4"], r"resnet_stages must be an int in \[0, 3\]"),
+        (["--weight-decay", "1e-4"], "optimizer 'adam' has no weight decay"),
+        (["--freeze-embedding"], "freeze_embedding needs embedding_from"),
         (["--epochs", "0"], "epochs must be >= 1"),
         (["--save-every", "0"], "--save-every must be >= 1"),
         (["--model", "resnet50"], "unknown model 'resnet50'"),
