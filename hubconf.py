@@ -2,8 +2,9 @@
 
 Every model shipped in ``data/pretrained/`` (``coda.list_pretrained()``) is one entry point,
 named after the model with every character other than a letter, digit or ``_`` replaced by
-``_`` (``cifar10-9L-S-f8-T1000`` becomes ``cifar10_9L_S_f8_T1000``; ``_hub_name`` does it). Each returns what
-``coda.load_pretrained(name)`` returns: the trained model in eval mode, its SHA-256 checked.
+``_`` (``cifar10-9L-S-f8-T1000`` becomes ``cifar10_9L_S_f8_T1000``; ``_hub_name`` does it).
+Each returns what ``coda.load_pretrained(name)`` returns: the trained model in eval mode, its
+SHA-256 checked.
 Every architecture of ``coda.CONFIGS`` is one more, untrained (``cifar10-9L-S`` becomes
 ``cifar10_9L_S``), and ``published`` loads the authors' own models (downloaded on first use;
 non-commercial research and education only)::
@@ -28,7 +29,7 @@ dependencies = ["torch", "numpy", "tqdm"]
 _HERE = pathlib.Path(__file__).resolve().parent
 _PRETRAINED = _HERE / "data" / "pretrained"
 # The keys of coda.CONFIGS (tests/test_hub.py checks that the two agree).
-ARCHITECTURES = ("cifar10-9L-S", "imagenet100-9L-L", "cifar10-cnn", "cifar10-tiny")
+ARCHITECTURES = ("cifar10-9L-S", "imagenet100-9L-L", "cifar10-cnn", "cifar10-resnet20", "cifar10-hybrid", "cifar10-tiny")
 
 
 def _hub_name(name: str) -> str:

@@ -1,5 +1,6 @@
 """coda.cli: the `coda` command dispatches to each module's main(argv)."""
 
+import importlib
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from coda import cli
 def test_every_command_is_a_module_with_main():
     assert sorted(cli.COMMANDS) == sorted(["train", "evaluate", "sweeps", "pretrained", "workbook", "published"])
     for module, _ in cli.COMMANDS.values():
-        assert callable(getattr(__import__(module, fromlist=["main"]), "main"))
+        assert callable(importlib.import_module(module).main)
 
 
 def test_help_lists_the_commands(capsys):
