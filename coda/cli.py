@@ -14,6 +14,7 @@ options and ``--help``::
 from __future__ import annotations
 
 import argparse
+import contextvars
 import importlib
 import sys
 from collections.abc import Sequence
@@ -27,6 +28,15 @@ COMMANDS = {
     "workbook": ("coda.workbook", "run the notebooks in order and regenerate the figures"),
     "published": ("coda.published", "the authors' published models: list, download (non-commercial use only)"),
 }
+# the command the coda command is running (None under python -m coda.X)
+_RUNNING: contextvars.ContextVar[str | None] = contextvars.ContextVar("coda_command", default=None)
+
+
+def prog(module: str) -> str:
+    """The program name a module's usage line shows: ``coda X`` when the ``coda`` command runs it,
+    else ``python -m coda.X``. ``module`` is the module's name (``"coda.train"``) or its command."""
+    command = module.removeprefix("coda.")
+    return f"coda {command}" if _RUNNING.get() == command else f"python -m coda.{command}"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,9 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         p.parse_args(argv)  # prints the help or the error and exits
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    status = module.main(argv[1:])
+    token = _RUNNING.set(argv[0])
+    try:
+        status = module.main(argv[1:])
+    finally:
+        _RUNNING.reset(token)
     return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from coda import cli  # the module whose prog() the commands read, not this __main__ copy
+
+    sys.exit(cli.main())

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from coda import cli
 from coda.checkpoint import sha256, write_json
 from coda.models import CoDANet
 from coda.reference import from_reference_state_dict
@@ -238,7 +239,7 @@ def _cmd_download(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m coda.published",
+    p = argparse.ArgumentParser(prog=cli.prog("published"),
                                 description="The authors' published CoDA-Nets (non-commercial research and "
                                             "education only): list them, download one into the cache.")
     sub = p.add_subparsers(dest="command", required=True)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from coda import cli
 from coda.checkpoint import claim_folder, load_checkpoint, lock_holder, release_folder, write_json, write_text
 from coda.data import PROJECT_ROOT, load_cifar10
 from coda.evaluate import localisation_scores, make_grids, pixel_removal
@@ -475,7 +476,7 @@ def _write_rows(rows: list[dict], stem: Path, command: str, extra: dict) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m coda.sweeps", description="Train the ablation sweeps.")
+    p = argparse.ArgumentParser(prog=cli.prog("sweeps"), description="Train the ablation sweeps.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train (resume) every unfinished run of the sweeps")
     t.add_argument("sweeps", nargs="+", choices=SWEEPS)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from coda import cli
 from coda.checkpoint import folder_lock, load_checkpoint, remove_temporaries, save_checkpoint
 from coda.data import ImageDataset, augment, load_cifar10, to_float
 from coda.hardware import PRECISIONS, resolve_precision, warn_if_emulated
@@ -447,7 +448,7 @@ _INT_OPTIONS = ("epochs", "batch_size", "accumulate", "seed", "train_subset", "t
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m coda.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=cli.prog("train"), description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for checkpoints; rerun to resume")
     p.add_argument("--model", default="cifar10-9L-S")
     p.add_argument("--temperature", type=float)

@@ -32,6 +32,8 @@ import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from coda import cli
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_.+\.ipynb$")
 KERNEL = "python3"
@@ -303,7 +305,7 @@ def _parse_value(text: str) -> object:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m coda.workbook", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=cli.prog("workbook"), description=__doc__.split("\n\n")[0])
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--smoke", dest="smoke", action="store_true", default=None,
                       help="short runs (SMOKE=True), as in CI")
