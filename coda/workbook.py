@@ -120,23 +120,56 @@ def _cell_text(value) -> str:
     return f"{value:.3f}" if abs(value) < 10 else f"{value:g}"
 
 
-def load_shipped_model(device=None) -> tuple[object | None, dict | None, str]:
-    """The default shipped model (:mod:`coda.pretrained`), if there is one.
+def resolve_model(name: str | None = None, device=None) -> tuple[object, str]:
+    """The model a notebook's ``MODEL`` parameter names, in eval mode on ``device``, and its name.
+
+    name : a shipped model (:func:`coda.list_pretrained`, loaded by :func:`coda.load_pretrained`;
+        None: the default one) or one of the authors' published models
+        (:func:`coda.published.list_published`, loaded by :func:`coda.load_published`: downloaded
+        on first use, so the first time needs a network; non-commercial research and education only).
+
+    Raises ``ValueError`` listing both sets of names if ``name`` is neither (and
+    ``FileNotFoundError`` / ``ValueError`` if no shipped model is available for None).
+    """
+    from coda import pretrained, published
+
+    if name is None:
+        name = pretrained.default_name()
+    shipped = pretrained.list_pretrained()
+    if name in shipped:
+        model = pretrained.load_pretrained(name, device=device)
+    elif name in published.list_published():
+        model = published.load_published(name).to(device)
+    else:
+        raise ValueError(f"unknown model {name!r}: expected a shipped model, one of {shipped}, or one of the "
+                         f"authors' published models, one of {published.list_published()}")
+    return model.eval(), name
+
+
+def load_shipped_model(device=None, name: str | None = None) -> tuple[object | None, dict | None, str]:
+    """The default shipped model (:mod:`coda.pretrained`), if there is one, or the model ``name`` names.
+
+    name : None (the default shipped model), or any name :func:`resolve_model` takes; an
+        explicitly named model that cannot be loaded raises (unknown name, no network, ...).
 
     Returns
     -------
     ``(model, entry, message)``: the model in eval mode and its manifest entry (config,
-    training history, test accuracy, ...), or ``(None, None, message)`` when no shipped
-    model is available; ``message`` says which, for the notebook's output.
+    training history, test accuracy, ...; None for a published model), or
+    ``(None, None, message)`` when no default shipped model is available; ``message`` says
+    which, for the notebook's output.
     """
-    try:
-        from coda import pretrained
+    from coda import pretrained
 
-        name = pretrained.default_name()
-        model = pretrained.load_pretrained(name, device=device)
-        entry = pretrained.read_manifest()["models"][name]
+    try:
+        model, name = resolve_model(name, device)
     except (ImportError, FileNotFoundError, ValueError) as err:
+        if name is not None:
+            raise
         return None, None, f"No shipped model is available ({type(err).__name__}: {err})."
+    entry = pretrained.read_manifest()["models"].get(name)
+    if entry is None:
+        return model, None, f"Loaded the authors' published model {name!r} (non-commercial research and education only)."
     return model, entry, f"Loaded the shipped model {name!r}."
 
 

@@ -112,3 +112,72 @@ def test_text_table_aligns_text_left_and_numbers_right():
         "a          1,500  0.712  1000      -",
         "long-name      2  0.500    10  0.250",
     ]
+
+
+# ----- the MODEL parameter of notebooks 03-05 ---------------------------------------------------
+
+TINY_PUBLISHED = "cifar10-tiny-T100"
+
+
+@pytest.fixture
+def published_in_cache(tmp_path, monkeypatch):
+    """A published entry of the tiny architecture whose file sits in a temporary cache (no network)."""
+    import torch
+
+    import coda.published as pub
+    from coda.models import build_model
+    from coda.reference import to_reference_state_dict
+
+    spec = pub.PublishedModel(TINY_PUBLISHED, "cifar10-tiny", 100.0, "no-such-share", "CIFAR-10", 1)
+    monkeypatch.setitem(pub.PUBLISHED, TINY_PUBLISHED, spec)
+    monkeypatch.setattr(pub, "default_cache_dir", lambda: tmp_path)
+    torch.manual_seed(0)
+    model = build_model("cifar10-tiny", temperature=100.0).eval()
+    torch.save(to_reference_state_dict(model), tmp_path / f"{TINY_PUBLISHED}.pt")
+    return model
+
+
+def test_resolve_model_loads_a_shipped_model_by_name_and_the_default_for_none():
+    import torch
+
+    import coda
+
+    name = coda.pretrained.default_name()
+    model, resolved = workbook.resolve_model(None)
+    assert resolved == name and not model.training
+    expected = coda.load_pretrained(name)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values(),
+                                                 strict=True))
+    assert workbook.resolve_model(name)[1] == name
+
+
+def test_resolve_model_loads_a_published_model_through_load_published(published_in_cache):
+    import torch
+
+    model, name = workbook.resolve_model(TINY_PUBLISHED)
+    assert name == TINY_PUBLISHED and not model.training and model.temperature == 100.0
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), published_in_cache(x))
+    loaded, entry, message = workbook.load_shipped_model(name=TINY_PUBLISHED)
+    assert entry is None and "published model 'cifar10-tiny-T100'" in message and "non-commercial" in message
+
+
+def test_resolve_model_calls_load_published_for_the_authors_names(monkeypatch):
+    import coda
+
+    seen = []
+    tiny = coda.build_model("cifar10-tiny").train()
+    monkeypatch.setattr("coda.published.load_published", lambda name: seen.append(name) or tiny)
+    model, name = workbook.resolve_model("cifar10-9L-S-T1000")
+    assert seen == ["cifar10-9L-S-T1000"] and model is tiny and not model.training
+
+
+def test_unknown_model_name_lists_the_shipped_and_the_published_names():
+    import coda
+
+    with pytest.raises(ValueError, match="unknown model 'no-such-model'") as err:
+        workbook.resolve_model("no-such-model")
+    assert coda.pretrained.default_name() in str(err.value) and "cifar10-9L-S-T1000" in str(err.value)
+    with pytest.raises(ValueError, match="unknown model"):
+        workbook.load_shipped_model(name="no-such-model")  # a named model is never replaced by a stand-in
