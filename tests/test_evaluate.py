@@ -1,4 +1,4 @@
-"""The quantitative interpretability metrics and the evaluation command line (coda.evaluate).
+"""The quantitative interpretability metrics (coda.metrics) and the evaluation command line (coda.evaluate).
 
 Known answers come from constructed cases: explainers that are perfect or uniform by
 construction, and a CoDA-Net whose dynamic weights are constant (A = B = 0), which makes it
@@ -8,6 +8,8 @@ exactly linear, so its removal curve follows in closed form from its contributio
 import csv
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,26 +21,28 @@ from coda.checkpoint import load_data, save_checkpoint
 from coda.data import PROJECT_ROOT
 from coda.evaluate import (
     PUBLISHED,
-    Grids,
-    cell_sums,
     convert_task_files,
-    grids_from_logits,
-    load_model,
-    localisation_scores,
     main,
-    make_grids,
     markdown_table,
-    pixel_removal,
     read_results,
-    removal_masks,
-    removal_points,
-    sample_grid_indices,
     task_path,
-    tile,
     write_tables,
 )
 from coda.explainers import EXPLAINERS, explain
+from coda.metrics import (
+    Grids,
+    cell_sums,
+    grids_from_logits,
+    localisation_scores,
+    make_grids,
+    pixel_removal,
+    removal_masks,
+    removal_points,
+    sample_grid_indices,
+    tile,
+)
 from coda.models import CoDANet, CoDANetConfig
+from coda.pretrained import load_model
 
 
 @pytest.fixture(scope="module")
@@ -495,3 +499,100 @@ def test_published_numbers_are_keyed_by_explainer_names():
         assert set(PUBLISHED[table]) <= set(EXPLAINERS)
         assert all(0 < v < 1 for v in PUBLISHED[table].values())
     assert PUBLISHED["localisation_mean"]["coda"] == 0.912 and PUBLISHED["removal_mean"]["coda"] == 0.964
+
+
+def _imported_by(statement: str) -> set[str]:
+    """The modules a fresh interpreter has imported after ``statement`` (the package's own and a few others)."""
+    code = f"import sys\n{statement}\nprint(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
+    return set(out.stdout.split())
+
+
+def test_layers_and_metrics_import_no_trainer():
+    # torch itself imports tqdm (torch.hub), so the trainer's progress bars are checked as tqdm.auto
+    layers = _imported_by("import coda.dau, coda.layers")
+    assert not layers & {"coda.train", "coda.pretrained", "coda.evaluate", "coda.metrics", "coda.data",
+                         "tqdm.auto", "matplotlib"}
+    metrics = _imported_by("import coda.metrics")
+    assert not metrics & {"coda.train", "coda.pretrained", "coda.evaluate", "coda.sweeps", "matplotlib"}
+
+
+def test_evaluate_keeps_the_metrics_and_load_model_importable():
+    import coda.evaluate
+    import coda.metrics
+    import coda.pretrained
+
+    for name in ("Clock", "Grids", "make_grids", "grids_from_logits", "localisation_scores", "pixel_removal", "ORDERS"):
+        assert getattr(coda.evaluate, name) is getattr(coda.metrics, name)
+    assert coda.evaluate.load_model is coda.pretrained.load_model
+
+
+# ----- which model a stored result belongs to; the authors' models by name ----------------------------
+
+
+def test_results_of_the_float32_file_stay_the_results_of_the_float16_model(capsys):
+    """The shipped weights were re-stored in float16: results keyed by the SHA-256 of the float32 file
+    (the manifest's ``previous_file``) are still that model's, and other keys are not."""
+    from coda.evaluate import read_tasks
+
+    folder = PROJECT_ROOT / "results" / "cifar10-9L-S-f8-T1000"
+    entry = coda.pretrained.read_manifest()["models"].get("cifar10-9L-S-f8-T1000")
+    if not (folder / "tasks").exists() or entry is None or "previous_file" not in entry:
+        pytest.skip("no committed results of a re-stored model")
+    old, new = entry["previous_file"]["sha256"], entry["sha256"]
+    stored = read_tasks(folder, old)
+    assert len(stored) == len(list(folder.glob("tasks/*.npz"))) and {t["settings"]["model"] for t in stored} == {old}
+    assert [t["settings"] for t in read_tasks(folder, new)] == [t["settings"] for t in stored]
+    capsys.readouterr()
+    assert read_tasks(folder, "0" * 64) == [] and "a different model" in capsys.readouterr().out
+
+
+def test_a_result_of_the_previous_file_is_reused_and_tabled(colour_world, monkeypatch, capsys):
+    """A stored result keyed by a model's previous file (float32, before a float16 re-save) is not recomputed."""
+    from coda.checkpoint import save_data, sha256
+
+    root, _, _ = colour_world
+    out = root / "results"
+    small_run(root, out)
+    current = sha256(root / "run" / "last.pt")
+    for path in out.glob("tasks/*.npz"):  # as if computed from the file before the re-save
+        t = load_data(path)
+        t["settings"]["model"] = "f" * 64
+        save_data(t, path)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("tasks/*.npz")}
+    manifest = {"format": 1, "default": None, "retired": {},
+                "models": {"m": {"file": "m.pt", "model_config": {}, "sha256": current,
+                                 "previous_file": {"sha256": "f" * 64}}}}
+    monkeypatch.setattr(coda.pretrained, "read_manifest", lambda root=None: manifest)
+    capsys.readouterr()
+    small_run(root, out)
+    printed = capsys.readouterr().out
+    assert printed.count("already in") == 2 and "a different model" not in printed
+    assert {p: p.stat().st_mtime_ns for p in out.glob("tasks/*.npz")} == stamps
+    assert [r["method"] for r in read_csv(out / "localisation.csv")] == ["coda"]
+    manifest["models"]["m"]["previous_file"]["sha256"] = "e" * 64  # no longer the same model: computed again
+    small_run(root, out)
+    assert "a different model" not in capsys.readouterr().out
+    assert all(load_data(p)["settings"]["model"] == current for p in out.glob("tasks/*.npz"))
+
+
+def test_load_model_takes_the_authors_published_names(tmp_path, monkeypatch):
+    """A published name loads through coda.load_published (here from a file:// URL, no network)."""
+    import coda.published as pub
+    from coda.checkpoint import sha256
+    from coda.evaluate import load_model
+    from coda.reference import to_reference_state_dict
+
+    spec = pub.PublishedModel("cifar10-tiny-T100", "cifar10-tiny", 100.0, "no-such-share", "CIFAR-10", 1)
+    monkeypatch.setitem(pub.PUBLISHED, spec.name, spec)
+    monkeypatch.setattr(pub, "default_cache_dir", lambda: tmp_path / "cache")
+    torch.manual_seed(0)
+    reference = coda.build_model("cifar10-tiny", temperature=100.0).eval()
+    torch.save(to_reference_state_dict(reference), tmp_path / "model_epoch_1.pkl")
+    pub.load_published(spec.name, url=(tmp_path / "model_epoch_1.pkl").as_uri(), progress=False)  # first use
+    model, info = load_model(spec.name)
+    assert info["name"] == spec.name and info["source"] == "coda.published" and not model.training
+    assert info["sha256"] == sha256(tmp_path / "cache" / f"{spec.name}.pt") and info["model_config"]["temperature"] == 100.0
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))

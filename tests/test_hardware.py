@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import coda.hardware as H
+from coda.cards import _precision_text
 from coda.hardware import CPUInfo, parse_cpuinfo, resolve_precision
 from coda.inference import autocast
-from coda.pretrained import _precision_text
 
 EPYC = """processor\t: 0
 vendor_id\t: AuthenticAMD

@@ -334,23 +334,23 @@ def test_the_optimiser_is_the_one_configured(name, kind, options):
 
 
 def test_cards_and_tables_name_the_resnet_stages():
-    from coda import pretrained as P
+    from coda import cards as C
     from coda.sweeps import stem_text
 
-    table = P._layer_table(hybrid(2).config.to_dict())
+    table = C._layer_table(hybrid(2).config.to_dict())
     assert "| type | ResNet-20 stage 1 | ResNet-20 stage 1 | ResNet-20 stage 2 | ResNet-20 stage 2 | " \
            "ResNet-20 stage 2 | CoDA | CoDA | CoDA | CoDA |" in table
     assert "| rank | - | - | - | - | - | 16 | 16 | 16 | 16 |" in table
-    resnet = P._layer_table(build_model("cifar10-resnet20").config.to_dict())
+    resnet = C._layer_table(build_model("cifar10-resnet20").config.to_dict())
     assert resnet.count("ResNet-20 stage 3 |") == 3 and "| conv |" in resnet and "a CNN baseline" in resnet
-    assert P._n_coda_layers(hybrid(3).config.to_dict()) == 1
+    assert C._n_coda_layers(hybrid(3).config.to_dict()) == 1
     old = CONFIGS["cifar10-9L-S"].replace(stem_depth=3).to_dict()
     del old["resnet_stages"]  # a card of a model exported before the field existed
-    assert P._n_coda_layers(old) == 6
+    assert C._n_coda_layers(old) == 6
     assert stem_text(hybrid(1).config) == "ResNet-20 stage 1"
     assert stem_text(hybrid(3).config) == "ResNet-20 stages 1-3"
     assert stem_text(CONFIGS["cifar10-9L-S"].replace(stem_depth=3)) == "a 3-block stem"
-    text = P._schedule_text({"optimizer": "sgd", "weight_decay": 5e-5, "schedule": "cosine", "lr": 0.5,
+    text = C._schedule_text({"optimizer": "sgd", "weight_decay": 5e-5, "schedule": "cosine", "lr": 0.5,
                              "warmup_epochs": 1.0, "embedding_from": None})
     assert text.startswith("SGD (Nesterov momentum 0.9), weight decay 5e-05, peak lr 0.5")
-    assert P._schedule_text({"schedule": "paper", "lr": 2.5e-4}).startswith("Adam, lr 0.00025")  # older configs
+    assert C._schedule_text({"schedule": "paper", "lr": 2.5e-4}).startswith("Adam, lr 0.00025")  # older configs

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import coda.cards as C
 import coda.pretrained as P
 from coda.checkpoint import load_checkpoint, save_checkpoint, sha256, write_json
 from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10
@@ -216,10 +217,10 @@ def test_card_of_an_unfinished_run_says_so(tmp_path):
 
 def test_card_says_what_kind_of_network_it_is(shipped):
     entry = json.loads((shipped / "manifest.json").read_text())["models"][NAME]
-    assert P.model_card(entry).startswith(f"# {NAME}\n\nA CoDA-Net for CIFAR-10")
+    assert C.model_card(entry).startswith(f"# {NAME}\n\nA CoDA-Net for CIFAR-10")
     hybrid = CONFIGS["cifar10-tiny"].replace(stem_depth=2).to_dict()
-    assert "\n\nA hybrid CoDA-Net (conventional stem, CoDA layers) for" in P.model_card(entry | {"model_config": hybrid})
-    card = P.model_card(entry | {"model_config": CONFIGS["cifar10-cnn"].to_dict()})
+    assert "\n\nA hybrid CoDA-Net (conventional stem, CoDA layers) for" in C.model_card(entry | {"model_config": hybrid})
+    card = C.model_card(entry | {"model_config": CONFIGS["cifar10-cnn"].to_dict()})
     assert "\n\nAn all-conventional CNN (no CoDA layer) for" in card and "| norm | - |" in card
 
 
@@ -227,14 +228,14 @@ def test_card_layer_table_marks_the_conventional_stem():
     pure = CONFIGS["cifar10-9L-S"].replace(rank_factor=8).to_dict()
     hybrid = CONFIGS["cifar10-9L-S"].replace(rank_factor=8, stem_depth=3).to_dict()
     cnn = CONFIGS["cifar10-cnn"].to_dict()
-    assert "| type | CoDA | CoDA |" in P._layer_table(pure) and "stem" not in P._layer_table(pure)
-    table = P._layer_table(hybrid)
+    assert "| type | CoDA | CoDA |" in C._layer_table(pure) and "stem" not in C._layer_table(pure)
+    table = C._layer_table(hybrid)
     assert "| type | conv-BN-ReLU | conv-BN-ReLU | conv-BN-ReLU | CoDA |" in table
     assert "| rank | - | - | - | 16 |" in table and "The first 3 layers are a conventional stem" in table
-    assert ", ".join(P._ranks(hybrid)).startswith("-, -, -, 16")
-    table = P._layer_table(cnn)
+    assert ", ".join(C._ranks(hybrid)).startswith("-, -, -, 16")
+    table = C._layer_table(cnn)
     assert table.count("CoDA") == 0 and "| conv |" in table and "a CNN baseline" in table
-    assert set(P._ranks(cnn)) == {"-"}
+    assert set(C._ranks(cnn)) == {"-"}
 
 
 def test_export_rejects_a_name_without_the_temperature(checkpoint, tmp_path):
