@@ -29,7 +29,29 @@ def test_each_command_has_its_own_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
     assert exit_info.value.code == 0
-    assert f"python -m coda.{command}" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith(f"usage: coda {command} ")
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_python_m_usage_names_the_module(command, capsys):
+    """Called directly (python -m coda.X), and after a coda command has run, the usage says python -m."""
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(cli.COMMANDS[command][0]).main(["--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m coda.{command} ")
+
+
+def test_subcommands_and_errors_name_the_coda_command(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["published", "download", "--help"])
+    assert capsys.readouterr().out.startswith("usage: coda published download ")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--epochs", "2"])  # --out is missing
+    assert exit_info.value.code == 2 and capsys.readouterr().err.startswith("usage: coda train ")
+    assert cli.prog("coda.train") == "python -m coda.train", "reset after the command"
 
 
 def test_arguments_reach_the_module(monkeypatch):
