@@ -311,6 +311,18 @@ def get_explainer(name: str | Explainer, **options) -> Explainer:
     return EXPLAINERS[name].with_options(**options)
 
 
+def _layer_contributions(model, images, targets, layer):
+    return contributions(model, images, targets, layer=layer)
+
+
+def layer_explainer(layer: int) -> Explainer:
+    """CoDA contributions of the input of CoDA layer ``layer`` (``coda.contributions(..., layer=layer)``),
+    as an explainer for the metrics: the interpretable-depth sweep and the hybrids, explained from
+    their first CoDA layer (``layer_explainer(0)``)."""
+    return Explainer(f"coda-layer{layer}", f"Ours (layer {layer})", _layer_contributions,
+                     options={"layer": layer}, post_hoc=False)
+
+
 def explain(model: CoDANet, images: torch.Tensor, target, method: str | Explainer = "coda") -> torch.Tensor:
     """Attributions of ``target`` for ``images`` by ``method``.
 

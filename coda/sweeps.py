@@ -8,10 +8,12 @@ Three sweeps around one centre run (the 9L-S layout at rank factor 8, T = 1000):
   (hybrids, explained exactly down to their first CoDA layer), and an all-conventional CNN
   baseline of about the same number of parameters ("cifar10-cnn").
 
-Every run trains with the same :data:`SWEEP_BUDGET`; the centre run is shared by all three
-sweeps. Training is resumable and sequential, so one background command finishes a sweep
-over several sessions; a run being trained holds a lock file (``runs/sweeps/<name>/train.lock``),
-so two commands started side by side (one core each) share the work instead of colliding::
+Each sweep is data, a :class:`Sweep` in :data:`SWEEP_SPECS` (its variable, values and table
+columns); run names are derived from it. Every run trains with the same :data:`SWEEP_BUDGET`;
+the centre run is shared by all three sweeps. Training is resumable and sequential, so one
+background command finishes a sweep over several sessions; a run being trained holds a lock
+file (``runs/sweeps/<name>/train.lock``), so two commands started side by side (one core each)
+share the work instead of colliding::
 
     nohup python -m coda.sweeps train temperature rank depth > sweeps.log 2>&1 &
     python -m coda.sweeps status
@@ -42,51 +44,96 @@ import torch
 from coda import cli
 from coda.checkpoint import claim_folder, load_checkpoint, lock_holder, release_folder, write_json, write_text
 from coda.data import PROJECT_ROOT, load_cifar10
-from coda.evaluate import localisation_scores, make_grids, pixel_removal
-from coda.explain import contributions
-from coda.explainers import Explainer
+from coda.explainers import layer_explainer
 from coda.inference import evaluate_accuracy
-from coda.models import CoDANet
+from coda.metrics import localisation_scores, make_grids, pixel_removal
+from coda.models import CONFIGS, CoDANet
+from coda.pretrained import load_model, temperature_suffix
 from coda.train import TrainConfig, train
 
 SWEEP_BUDGET = dict(epochs=5, batch_size=64, lr=1e-3, schedule="cosine", warmup_epochs=0.5, seed=0)
+SWEEP_MODEL = "cifar10-9L-S"  # the layout every sweep varies
+CENTRE = {"rank_factor": 8, "temperature": 1000.0}  # the model overrides of the run all three sweeps share
 TEMPERATURES = (10, 100, 1000, 5000)
 RANK_FACTORS = (4, 8, 16, 32)
 STEM_DEPTHS = (0, 1, 3, 5)
-SWEEPS = ("temperature", "rank", "depth")
-SWEEP_VARIABLES = {"temperature": "temperature", "rank": "rank_factor", "depth": "stem_depth"}  # row key per sweep
 CNN_BASELINE = "cifar10-cnn"  # the all-conventional model of the depth sweep
 RUNS_DIR = PROJECT_ROOT / "runs" / "sweeps"
 RESULTS_DIR = PROJECT_ROOT / "results" / "sweeps"
 EVAL_SIZES = dict(n_grids=100, n_removal=256)  # per run; the full protocol (500, 1024) per model costs ~10 CPU minutes
 
 
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """One sweep as data: which model override it varies over which values, and its table.
+
+    Attributes
+    ----------
+    name : its name on the command line ("temperature", "rank", "depth").
+    variable : the model override it varies; also the key of the value in the result rows.
+    values : the values, in the order the runs are trained.
+    columns : the result-row keys of its table (notebook 04 prints them).
+    left_out : values given by leaving the override out (stem depth 0: the centre run itself).
+    baseline : a model trained beside the values with the same budget (the depth sweep's CNN), or None.
+
+    Every run trains :data:`SWEEP_MODEL` with :data:`CENTRE` and the swept value as model
+    overrides and :data:`SWEEP_BUDGET` as training settings; its name is derived from that
+    config (:func:`run_name`) and never parsed back.
+    """
+
+    name: str
+    variable: str
+    values: tuple
+    columns: tuple[str, ...]
+    left_out: tuple = ()
+    baseline: str | None = None
+
+    def model_overrides(self, value) -> dict:
+        """The model overrides of the run at ``value`` (CENTRE with the swept value)."""
+        value = float(value) if self.variable == "temperature" else value
+        return CENTRE | ({} if value in self.left_out else {self.variable: value})
+
+    def config(self, value) -> TrainConfig:
+        """The training config of the run at ``value``: the model and its overrides, the shared budget."""
+        return TrainConfig(model=SWEEP_MODEL, model_overrides=self.model_overrides(value), **SWEEP_BUDGET)
+
+    def runs(self) -> dict[str, TrainConfig]:
+        """``{run name: TrainConfig}`` of every value (and the baseline), in training order."""
+        runs = {run_name(**self.model_overrides(v)): self.config(v) for v in self.values}
+        if self.baseline is not None:
+            runs[run_name(cnn=True)] = TrainConfig(model=self.baseline, model_overrides={}, **SWEEP_BUDGET)
+        return runs
+
+
+SWEEP_SPECS = {s.name: s for s in (
+    Sweep("temperature", "temperature", TEMPERATURES,
+          ("name", "temperature", "test_accuracy", "localisation_mean", "n_grids", "removal_mean", "n_removal")),
+    Sweep("rank", "rank_factor", RANK_FACTORS, ("name", "rank_factor", "parameters", "test_accuracy", "localisation_mean")),
+    Sweep("depth", "stem_depth", STEM_DEPTHS,
+          ("name", "stem_depth", "parameters", "test_accuracy", "explained_from", "localisation_mean"),
+          left_out=(0,), baseline=CNN_BASELINE),
+)}
+SWEEPS = tuple(SWEEP_SPECS)
+SWEEP_VARIABLES = {name: s.variable for name, s in SWEEP_SPECS.items()}  # row key per sweep
+
+
 def run_name(rank_factor: int = 8, temperature: float = 1000, stem_depth: int = 0, cnn: bool = False) -> str:
-    """The name of a sweep run, e.g. ``sweep-9L-S-f8-stem3-T1000`` (ends in -T<temperature>)."""
+    """The name of a sweep run, derived from its model config: ``sweep-9L-S-f8-stem3-T1000``.
+
+    Ends in :func:`coda.pretrained.temperature_suffix` of the model's temperature (the CNN
+    baseline's is its config's, 64), as every shipped model's name does.
+    """
     if cnn:
-        return "sweep-cnn-T64"
+        return "sweep-cnn" + temperature_suffix(CONFIGS[CNN_BASELINE].temperature)
     stem = f"-stem{stem_depth}" if stem_depth else ""
-    return f"sweep-9L-S-f{rank_factor}{stem}-T{temperature:g}"
-
-
-def _config(model: str = "cifar10-9L-S", **overrides) -> TrainConfig:
-    return TrainConfig(model=model, model_overrides=overrides, **SWEEP_BUDGET)
+    return f"sweep-9L-S-f{rank_factor}{stem}" + temperature_suffix(temperature)
 
 
 def sweep_runs(sweep: str) -> dict[str, TrainConfig]:
     """The runs of one sweep, ``{run name: TrainConfig}``, in the order they are trained."""
-    if sweep == "temperature":
-        return {run_name(temperature=t): _config(rank_factor=8, temperature=float(t)) for t in TEMPERATURES}
-    if sweep == "rank":
-        return {run_name(rank_factor=f): _config(rank_factor=f, temperature=1000.0) for f in RANK_FACTORS}
-    if sweep == "depth":
-        runs = {
-            run_name(stem_depth=d): _config(rank_factor=8, temperature=1000.0, **({"stem_depth": d} if d else {}))
-            for d in STEM_DEPTHS
-        }
-        runs[run_name(cnn=True)] = _config(CNN_BASELINE)
-        return runs
-    raise ValueError(f"unknown sweep {sweep!r}; expected one of {SWEEPS}")
+    if sweep not in SWEEP_SPECS:
+        raise ValueError(f"unknown sweep {sweep!r}; expected one of {SWEEPS}")
+    return SWEEP_SPECS[sweep].runs()
 
 
 def all_runs(sweeps: list[str] | tuple[str, ...] = SWEEPS) -> dict[str, TrainConfig]:
@@ -151,16 +198,6 @@ def train_sweeps(sweeps, runs_dir: Path = RUNS_DIR, data_root=None, device=None,
 # ----- evaluation ------------------------------------------------------------------------
 
 
-def _layer_contributions(model: CoDANet, images: torch.Tensor, targets: torch.Tensor, layer: int) -> torch.Tensor:
-    return contributions(model, images, targets, layer=layer)
-
-
-def layer_explainer(layer: int) -> Explainer:
-    """CoDA contributions of the input of CoDA layer ``layer``, as an evaluation explainer."""
-    return Explainer(f"coda-layer{layer}", f"Ours (layer {layer})", _layer_contributions,
-                     options={"layer": layer}, post_hoc=False)
-
-
 def stem_text(config) -> str:
     """What a model's conventional stem is, e.g. "a 3-block stem", "ResNet-20 stages 1-2"."""
     d = config.resnet_stages
@@ -197,7 +234,6 @@ def _load_run(name: str, cfg: TrainConfig, runs_dir: Path):
     """A run's model from the shipped models, else its finished checkpoint; None if neither
     (or if the run is retired: its weights are no longer shipped)."""
     from coda import pretrained
-    from coda.evaluate import load_model
 
     if name in pretrained.list_pretrained():
         return load_model(name)[0], "coda.pretrained"
@@ -286,10 +322,11 @@ def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], 
     """Localisation of the contributions at the input of CoDA layers (interpretable depth).
 
     ``layers``: the CoDA layer indices to explain (default: all); for a pure CoDA-Net the input
-    of layer 0 is the encoded image and is labelled "input". The same grids serve every layer;
+    of layer 0 is the encoded image itself (``layer`` None). The same grids serve every layer;
     maps of deeper layers are coarser (their input is downsampled by the strides before them),
-    and the cells are scored at that resolution. Returns one row per layer: explained,
-    localisation_mean, localisation_median, n_grids.
+    and the cells are scored at that resolution. Returns one row per layer: ``layer`` (the CoDA
+    layer whose input is explained, an int; None for the image, the input of a pure CoDA-Net,
+    as in ``coda.contributions(..., layer=None)``), localisation_mean, localisation_median, n_grids.
     """
     n = len(model.layers)
     layers = list(range(n)) if layers is None else sorted(set(layers))
@@ -298,13 +335,44 @@ def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], 
     grids = make_grids(model, test, n_grids=n_grids, seed=seed)
     rows = []
     for i in layers:
-        # For a pure CoDA-Net the input of layer 0 is the encoded image: plain "coda".
-        where, explainer = ("input", "coda") if i == 0 and not len(model.stem) else (f"layer {i}", layer_explainer(i))
+        # For a pure CoDA-Net the input of layer 0 is the encoded image: plain "coda", layer None.
+        layer, explainer = (None, "coda") if i == 0 and not len(model.stem) else (i, layer_explainer(i))
         loc = localisation_scores(model, grids, explainer)
-        rows.append({"explained": where, "localisation_mean": loc.mean, "localisation_median": loc.median,
+        rows.append({"layer": layer, "localisation_mean": loc.mean, "localisation_median": loc.median,
                      "n_grids": len(grids)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def layer_text(layer: int | None, short: bool = False) -> str:
+    """A per-layer row's ``layer`` as text: "input" for None, else "layer 3" (``short``: "L3")."""
+    return "input" if layer is None else f"L{layer}" if short else f"layer {layer}"
+
+
+def _int_layer(row: dict) -> dict:
+    """A per-layer row with ``layer`` an int (None: the input); rows of files written before
+    (``"explained": "input"`` / ``"layer 3"``) are converted, keys in the order written now."""
+    if "explained" not in row:
+        return row
+    where = row["explained"]
+    layer = None if where == "input" else int(where.removeprefix("layer "))
+    return {"layer": layer, **{k: v for k, v in row.items() if k != "explained"}}
+
+
+def convert_layer_files(folder: str | Path = RESULTS_DIR) -> list[Path]:
+    """Rewrite ``layers*.json`` / ``.csv`` in ``folder`` with an int ``layer`` in place of the text
+    ``explained`` (None, an empty CSV cell, for the input); the rest of each file is kept.
+    Returns the JSON files rewritten (none if all are current)."""
+    written = []
+    for path in sorted(Path(folder).glob("layers*.json")):
+        record = json.loads(path.read_text())
+        if not any("explained" in r for r in record["rows"]):
+            continue
+        rows = [_int_layer(r) for r in record["rows"]]
+        _write_rows(rows, path.with_suffix(""), record["command"],
+                    {k: v for k, v in record.items() if k not in ("command", "rows")})
+        written.append(path)
+    return written
 
 
 def layers_stem(model_name: str, out: Path = RESULTS_DIR) -> Path:
@@ -329,8 +397,9 @@ def read_sweep_results(folder: str | Path = RESULTS_DIR) -> dict | None:
       metric that does not apply is None), ``[]`` without ``sweeps.json``;
     * ``budget`` (the training budget the runs shared), ``n_grids``, ``n_removal`` and
       ``command`` of ``sweeps.json`` (None without it);
-    * ``layers``: one dict per explained layer (explained, localisation_mean,
-      localisation_median, n_grids), ``[]`` without ``layers.json``; ``layers_model``
+    * ``layers``: one dict per explained layer (layer: an int, None for the input;
+      localisation_mean, localisation_median, n_grids; files with the older text
+      ``explained`` are read as such rows), ``[]`` without ``layers.json``; ``layers_model``
       and ``layers_command``: the model they belong to and the command (None without it);
     * ``layers_of``: ``{model name: rows like layers}`` from ``layers-<model>.json`` (other
       models than the default, e.g. the sweeps' centre run at the hybrids' depths).
@@ -348,9 +417,9 @@ def read_sweep_results(folder: str | Path = RESULTS_DIR) -> dict | None:
             raise ValueError(f"{path}: expected a list of rows under 'rows'")
     return {"rows": record.get("rows", []), "budget": record.get("budget"), "n_grids": record.get("n_grids"),
             "n_removal": record.get("n_removal"), "command": record.get("command"),
-            "layers": layers.get("rows", []), "layers_model": layers.get("model"),
+            "layers": [_int_layer(r) for r in layers.get("rows", [])], "layers_model": layers.get("model"),
             "layers_command": layers.get("command"),
-            "layers_of": {rec["model"]: rec["rows"] for rec in others.values()}}
+            "layers_of": {rec["model"]: [_int_layer(r) for r in rec["rows"]] for rec in others.values()}}
 
 
 def centre_from_layer(results: dict) -> dict[int, dict]:
@@ -361,11 +430,10 @@ def centre_from_layer(results: dict) -> dict[int, dict]:
     ``d = 0`` (the input) taken from the centre run's own row when it is evaluated.
     ``results`` is :func:`read_sweep_results`'s dict.
     """
-    rows = {0 if r["explained"] == "input" else int(r["explained"].split()[-1]): r
-            for r in results["layers_of"].get(run_name(), [])}
+    rows = {r["layer"] or 0: r for r in results["layers_of"].get(run_name(), [])}  # the input is layer 0's
     own = next((r for r in results["rows"] if r["name"] == run_name()), None)
     if own is not None and 0 not in rows:
-        rows[0] = {"explained": "input", **{k: own[k] for k in ("localisation_mean", "localisation_median", "n_grids")}}
+        rows[0] = {"layer": None, **{k: own[k] for k in ("localisation_mean", "localisation_median", "n_grids")}}
     return dict(sorted(rows.items()))
 
 
@@ -463,7 +531,7 @@ def markdown_tables(folder: str | Path = RESULTS_DIR) -> str:
     if res["layers"]:
         out += [f"Localisation at each layer's input of `{res['layers_model']}`:", "",
                 "| explained | localisation | grids |", "|---|---:|---:|"]
-        out += [f"| {r['explained']} | {loc(r)} | {r['n_grids']} |" for r in res["layers"]]
+        out += [f"| {layer_text(r['layer'])} | {loc(r)} | {r['n_grids']} |" for r in res["layers"]]
         out.append("")
     return "\n".join(out)
 
@@ -512,7 +580,6 @@ def main(argv: list[str] | None = None) -> None:
         print(markdown_tables(a.out), end="")
     elif a.command == "layers":
         from coda import pretrained
-        from coda.evaluate import load_model
 
         model, info = load_model(a.model or pretrained.default_name())
         rows = evaluate_layers(model, load_cifar10("test", a.data), a.n_grids, layers=a.layers)

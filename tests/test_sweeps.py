@@ -205,12 +205,12 @@ def test_read_sweep_results_round_trips_the_written_tables(tmp_path):
     assert got["rows"] == rows and got["budget"] == SWEEP_BUDGET and got["n_grids"] == 10
     assert got["rows"][1]["localisation_mean"] is None and got["rows"][1]["removal_mean"] is None
     assert got["layers"] == [] and got["layers_model"] is None  # no layers.json yet
-    layers = [{"explained": "input", "localisation_mean": 0.7, "localisation_median": 0.8, "n_grids": 10}]
+    layers = [{"layer": None, "localisation_mean": 0.7, "localisation_median": 0.8, "n_grids": 10}]
     _write_rows(layers, tmp_path / "layers", "python -m coda.sweeps layers", {"model": "m-T1000", "n_grids": 10})
     got = read_sweep_results(tmp_path)
     assert got["layers"] == layers and got["layers_model"] == "m-T1000"
     assert got["layers_of"] == {}
-    centre = [{"explained": "layer 3", "localisation_mean": 0.6, "localisation_median": 0.6, "n_grids": 10}]
+    centre = [{"layer": 3, "localisation_mean": 0.6, "localisation_median": 0.6, "n_grids": 10}]
     _write_rows(centre, tmp_path / "layers-c-T1000", "python -m coda.sweeps layers --model c-T1000",
                 {"model": "c-T1000", "n_grids": 10})
     got = read_sweep_results(tmp_path)
@@ -272,7 +272,7 @@ def test_markdown_tables_show_each_sweep_with_the_published_values(tmp_path, cap
     assert missing[0] == f"Not evaluated yet: {run_name(temperature=1000)}, {run_name(temperature=5000)}."
     assert f"{SWEEP_BUDGET['epochs']} epochs" in lines[0] and "10 grids" in lines[0]
     assert "Localisation at each layer" not in text  # no layers.json yet
-    layers = [{"explained": "layer 3", "localisation_mean": 0.7, "localisation_median": 0.75, "n_grids": 10}]
+    layers = [{"layer": 3, "localisation_mean": 0.7, "localisation_median": 0.75, "n_grids": 10}]
     _write_rows(layers, tmp_path / "layers", "cmd", {"model": "m-T1000", "n_grids": 10})
     assert "| layer 3 | 0.700 (0.750) | 10 |" in markdown_tables(tmp_path).splitlines()
     assert "explained from the same layer" not in markdown_tables(tmp_path)
@@ -349,14 +349,13 @@ def test_evaluate_layers_scores_each_layer_once(monkeypatch):
     monkeypatch.setattr("coda.sweeps.make_grids", _confident_grids)
     model = build_model("cifar10-tiny").eval()
     rows = evaluate_layers(model, _tiny_data(20), n_grids=1)
-    assert [r["explained"] for r in rows] == ["input"] + [f"layer {i}" for i in range(1, len(model.layers))]
+    assert [r["layer"] for r in rows] == [None, *range(1, len(model.layers))]  # None: the input
     assert all(r["n_grids"] == 1 and 0 <= r["localisation_mean"] <= 1 for r in rows)
     hybrid = build_model("cifar10-tiny", stem_depth=2).eval()
-    assert [r["explained"] for r in evaluate_layers(hybrid, _tiny_data(20), n_grids=1)] == [
-        f"layer {i}" for i in range(len(hybrid.layers))]
+    assert [r["layer"] for r in evaluate_layers(hybrid, _tiny_data(20), n_grids=1)] == list(range(len(hybrid.layers)))
     some = evaluate_layers(model, _tiny_data(20), n_grids=1, layers=[3, 0, 3])
-    assert [r["explained"] for r in some] == ["input", "layer 3"]
-    assert some[1] == next(r for r in rows if r["explained"] == "layer 3")  # same grids, same score
+    assert [r["layer"] for r in some] == [None, 3]
+    assert some[1] == next(r for r in rows if r["layer"] == 3)  # same grids, same score
     for bad in ([], [len(model.layers)], [-1]):
         with pytest.raises(ValueError, match="layer indices"):
             evaluate_layers(model, _tiny_data(20), n_grids=1, layers=bad)
@@ -375,10 +374,64 @@ def test_layers_of_the_default_model_and_of_others_go_to_separate_files(tmp_path
 def test_centre_from_layer_joins_the_centre_runs_row_and_its_layer_file():
     from coda.sweeps import centre_from_layer
 
-    layer = {"explained": "layer 3", "localisation_mean": 0.6, "localisation_median": 0.61, "n_grids": 10}
+    layer = {"layer": 3, "localisation_mean": 0.6, "localisation_median": 0.61, "n_grids": 10}
     results = {"rows": [_row(run_name(), localisation=0.7), _row(run_name(stem_depth=3), stem_depth=3)],
-               "layers_of": {run_name(): [layer], "other-T10": [layer | {"explained": "layer 1"}]}}
+               "layers_of": {run_name(): [layer], "other-T10": [layer | {"layer": 1}]}}
     got = centre_from_layer(results)
     assert list(got) == [0, 3] and got[3] == layer
-    assert got[0]["localisation_mean"] == 0.7 and got[0]["explained"] == "input"
+    assert got[0]["localisation_mean"] == 0.7 and got[0]["layer"] is None
     assert centre_from_layer({"rows": [], "layers_of": {}}) == {}
+
+
+def test_each_sweep_is_data_and_its_run_names_are_derived():
+    from coda.pretrained import check_name
+    from coda.sweeps import SWEEP_SPECS, SWEEP_VARIABLES, SWEEPS
+
+    assert SWEEPS == tuple(SWEEP_SPECS) == ("temperature", "rank", "depth")
+    for name, spec in SWEEP_SPECS.items():
+        assert SWEEP_VARIABLES[name] == spec.variable and set(spec.columns) <= set(_row("x"))
+        runs = spec.runs()
+        for value in spec.values:
+            cfg = spec.config(value)
+            assert runs[run_name(**cfg.model_overrides)] == cfg
+            built = build_model(cfg.model, **cfg.model_overrides).config
+            assert getattr(built, spec.variable) == value  # the swept value is what the model gets
+        for run, cfg in runs.items():
+            check_name(run, build_model(cfg.model, **cfg.model_overrides).temperature)  # suffix derived, not parsed
+    assert "stem_depth" not in SWEEP_SPECS["depth"].model_overrides(0)  # depth 0 is the centre run itself
+    assert SWEEP_SPECS["depth"].runs()[run_name(cnn=True)].model == "cifar10-cnn"
+    with pytest.raises(ValueError, match="T1000"):
+        check_name(run_name(temperature=100), 1000.0)
+
+
+def test_layer_files_of_the_older_text_format_are_read_and_converted_once(tmp_path):
+    from coda.sweeps import _write_rows, convert_layer_files, layer_text, read_sweep_results
+
+    old = [{"explained": "input", "localisation_mean": 0.7, "localisation_median": 0.8, "n_grids": 10},
+           {"explained": "layer 3", "localisation_mean": 0.6, "localisation_median": 0.5, "n_grids": 10}]
+    new = [{"layer": None, "localisation_mean": 0.7, "localisation_median": 0.8, "n_grids": 10},
+           {"layer": 3, "localisation_mean": 0.6, "localisation_median": 0.5, "n_grids": 10}]
+    _write_rows(old, tmp_path / "layers", "cmd", {"model": "m-T1000", "n_grids": 10})
+    _write_rows(old[1:], tmp_path / "layers-c-T1000", "cmd2", {"model": "c-T1000", "n_grids": 10})
+    got = read_sweep_results(tmp_path)
+    assert got["layers"] == new and got["layers_of"] == {"c-T1000": new[1:]}  # read as ints before converting
+    assert convert_layer_files(tmp_path) == [tmp_path / "layers-c-T1000.json", tmp_path / "layers.json"]
+    assert convert_layer_files(tmp_path) == []  # once
+    converted = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    _write_rows(new, tmp_path / "layers", "cmd", {"model": "m-T1000", "n_grids": 10})  # as written now
+    _write_rows(new[1:], tmp_path / "layers-c-T1000", "cmd2", {"model": "c-T1000", "n_grids": 10})
+    assert converted == {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert (tmp_path / "layers.csv").read_text().splitlines() == [
+        "layer,localisation_mean,localisation_median,n_grids", ",0.7,0.8,10", "3,0.6,0.5,10"]  # the input: empty
+    assert [layer_text(r["layer"]) for r in new] == ["input", "layer 3"]
+    assert [layer_text(r["layer"], short=True) for r in new] == ["input", "L3"]
+
+
+def test_committed_layer_files_store_the_layer_as_an_int():
+    import json
+
+    from coda.sweeps import RESULTS_DIR
+
+    for path in sorted(RESULTS_DIR.glob("layers*.json")):
+        rows = json.loads(path.read_text())["rows"]
+        assert rows and all("explained" not in r and (r["layer"] is None or type(r["layer"]) is int) for r in rows), path
