@@ -258,3 +258,12 @@ def test_depth_tradeoff_adds_the_per_layer_panel_when_given():
                                        layer_means=[0.7, 0.6], layers_model="m")
     assert len(fig.axes) == 3 and fig.axes[2].get_title() == "every layer of m"
     assert len(fig.axes[1].lines) == 3
+
+
+def test_explorers_live_in_widgets_and_stay_importable_from_plotting():
+    from coda import widgets
+
+    assert plotting.dau_explorer is widgets.dau_explorer
+    assert plotting.contribution_explorer is widgets.contribution_explorer
+    with pytest.raises(AttributeError):
+        plotting.no_such_figure  # noqa: B018
