@@ -7,7 +7,7 @@ methods (docs/method.md#evaluation-protocols) explain the *full* model, ``model(
 from captum (imported when first used); they return attributions (B, C, H, W) on the raw
 image, C = 3, except Grad-CAM (C = 1, one map upsampled to the image size). ``"coda"``
 returns the exact contributions over the encoded input ``[x, 1 - x]`` (C = 6), which sum to
-``logit - b0``. The metrics in :mod:`coda.evaluate` sum every method's attributions over
+``logit - b0``. The metrics in :mod:`coda.metrics` sum every method's attributions over
 channels.
 
 | name | paper | what it is |

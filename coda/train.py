@@ -210,7 +210,7 @@ def init_embedding(model: CoDANet, spec: str) -> None:
         ``torch.load(weights_only=True)``), e.g. a trained "cifar10-resnet20". It needs at
         least as many ResNet-20 stages as ``model`` and the same input channels.
     """
-    from coda.evaluate import load_model  # the shipped models import this module
+    from coda.pretrained import load_model  # the registry imports this module
 
     source, _ = load_model(spec)
     d, have = model.config.resnet_stages, source.config.resnet_stages
