@@ -43,7 +43,6 @@ from coda.checkpoint import load_checkpoint, save_checkpoint, sha256, write_json
 from coda.data import PROJECT_ROOT, load_cifar10
 from coda.inference import evaluate_accuracy
 from coda.models import CoDANet, CoDANetConfig
-from coda.train import TrainConfig, train_command
 
 PRETRAINED_DIR = PROJECT_ROOT / "data" / "pretrained"
 MANIFEST = "manifest.json"
@@ -372,6 +371,8 @@ def export_pretrained(
 
 
 def _manifest_entry(ckpt: dict, name: str, path: Path, model: CoDANet, metrics: dict, hardware: str) -> dict:
+    from coda.train import TrainConfig, train_command  # the trainer, needed only to export
+
     cfg = ckpt["config"]
     return {
         "file": path.name,

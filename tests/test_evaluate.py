@@ -515,6 +515,8 @@ def test_layers_and_metrics_import_no_trainer():
                          "tqdm.auto", "matplotlib"}
     metrics = _imported_by("import coda.metrics")
     assert not metrics & {"coda.train", "coda.pretrained", "coda.evaluate", "coda.sweeps", "matplotlib"}
+    evaluation = _imported_by("import coda.evaluate")  # the registry loads models; the trainer only exports
+    assert "coda.pretrained" in evaluation and not evaluation & {"coda.train", "coda.sweeps", "matplotlib"}
 
 
 def test_evaluate_keeps_the_metrics_and_load_model_importable():
