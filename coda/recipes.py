@@ -33,8 +33,8 @@ import torch
 
 from coda.checkpoint import load_checkpoint, write_json
 from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10
-from coda.metrics import grids_from_logits, localisation_scores
 from coda.inference import predict
+from coda.metrics import grids_from_logits, localisation_scores
 from coda.models import CoDANet
 from coda.train import TrainConfig, train
 
