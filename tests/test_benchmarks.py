@@ -67,3 +67,13 @@ def test_layer_rates_use_the_matmul_rate_of_the_same_dtype():
                                   2e9, machine)
     assert [(r["gflops"], r["fraction_of_matmul"], r["matmul_reference"]) for r in rows] == [
         (20.0, 0.2, "fp32"), (40.0, 0.4, "fp32")]  # no native bf16 rate: compared with float32's
+
+
+def test_bench_contraction_restores_the_current_form(capsys):
+    import coda.dau as D
+    from benchmarks import bench_contraction
+
+    current = D._Contraction.apply
+    bench_contraction.main(["--rank-factor", "4", "--batch", "2", "--rounds", "1", "--steps", "1", "--threads", "1"])
+    assert D._Contraction.apply == current
+    assert "current / earlier (best): " in capsys.readouterr().out
