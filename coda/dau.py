@@ -249,6 +249,20 @@ def _contract(y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.bmm(z.unsqueeze(1), y.transpose(1, 2)).squeeze(1)
 
 
+def _outer(g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``out[p, j, b] = g[p, j] z[p, b]``: g (P, C), z (P, m) -> (P, C, m), in their dtype.
+
+    In float32 the broadcast product is fastest. In bf16 / fp16 a CPU computes that
+    broadcast element by element (measured 4-12x slower than float32 for these shapes on an
+    AVX-512 core with native bf16), while the batched outer product ``bmm`` (an inner
+    dimension of 1) runs vectorised; both round the exact product once, so they agree bit for
+    bit.
+    """
+    if g.dtype in (torch.bfloat16, torch.float16):
+        return torch.bmm(g.unsqueeze(-1), z.unsqueeze(1))
+    return g.unsqueeze(-1) * z.unsqueeze(1)
+
+
 class _Contraction(torch.autograd.Function):
     """``dot[p, j] = sum_a bx[p, j, a] z[p, a]`` (:func:`_contract`) with a backward of the
     same fast shapes: ``grad bx = g z^T`` as a broadcast product and ``grad z[p] =
@@ -269,7 +283,7 @@ class _Contraction(torch.autograd.Function):
         bx, z = ctx.saved_tensors
         grad_bx = grad_z = None
         if ctx.needs_input_grad[0]:
-            grad_bx = (grad.unsqueeze(-1) * z.to(grad.dtype).unsqueeze(1)).to(bx.dtype)
+            grad_bx = _outer(grad, z.to(grad.dtype)).to(bx.dtype)
         if ctx.needs_input_grad[1]:
             grad_z = torch.bmm(grad.unsqueeze(1), bx.to(grad.dtype)).squeeze(1).to(z.dtype)
         return grad_bx, grad_z
@@ -329,7 +343,7 @@ def _weighted_outer_sum(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     out = z.new_zeros(m, c * m, dtype=torch.promote_types(z.dtype, torch.float32))  # bf16 sums in fp32
     for start in range(0, n_rows, block):
         zb, gb = z[start : start + block], g[start : start + block]
-        outer = (gb.unsqueeze(-1) * zb.unsqueeze(1)).flatten(1)  # g[p, j] z[p, b], (rows, C * m)
+        outer = _outer(gb, zb).flatten(1)  # g[p, j] z[p, b], (rows, C * m)
         out = out + (zb.T @ outer).to(out.dtype)
     return out
 

@@ -213,3 +213,32 @@ def test_contraction_matches_einsum_with_exact_first_and_second_derivatives():
     torch.testing.assert_close(F_dau._Contraction.apply(bx, z), torch.einsum("pja,pa->pj", bx, z))
     assert torch.autograd.gradcheck(F_dau._Contraction.apply, (bx, z))
     assert torch.autograd.gradgradcheck(F_dau._Contraction.apply, (bx, z))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_outer_is_the_broadcast_product_bit_for_bit(dtype):
+    # bf16 / fp16 take the batched-outer-product path (bmm, inner dimension 1), float32 and
+    # float64 the broadcast product; both round the exact product once.
+    g, z = torch.randn(37, 6).to(dtype), torch.randn(37, 5).to(dtype)
+    out = F_dau._outer(g, z)
+    assert out.dtype == dtype and out.shape == (37, 6, 5)
+    assert torch.equal(out, g.unsqueeze(-1) * z.unsqueeze(1))
+    assert torch.equal(out.double(), g.double().unsqueeze(-1) * z.double().unsqueeze(1) if dtype == torch.float64
+                       else (g.double().unsqueeze(-1) * z.double().unsqueeze(1)).to(dtype).double())
+
+
+def test_bf16_backward_of_the_contractions_matches_float32():
+    # The reduced-precision path of both hand-written backwards (_outer through bmm).
+    bx = torch.randn(64, 8, 5, requires_grad=True)
+    z = torch.randn(64, 5, requires_grad=True)
+    gram = torch.randn(5, 5 * 8)
+    gram = (gram.reshape(5, 8, 5) + gram.reshape(5, 8, 5).permute(2, 1, 0)).reshape(5, 40)  # G_j symmetric
+    gram.requires_grad_(True)
+    grads = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        out = F_dau._Contraction.apply(bx.to(dtype), z.to(dtype))
+        q, _ = F_dau._QuadraticForms.apply(z.to(dtype), gram.to(dtype))
+        grads[dtype] = torch.autograd.grad(out.float().sum() + q.float().sum(), [bx, z, gram])
+    for g16, g32 in zip(grads[torch.bfloat16], grads[torch.float32], strict=True):
+        assert g16.dtype == torch.float32
+        assert_close(g16, g32, rtol=0.03, atol=0.03 * g32.abs().max().item())
