@@ -47,7 +47,7 @@ import torch
 from benchmarks.flops import training_flops
 from coda import CoDAConv2d, build_model
 from coda.dau import dau_conv2d_materialised
-from coda.hardware import cpu_info, format_machine, machine_summary
+from coda.hardware import cpu_info, format_machine, machine_summary, remeasure_peak
 from coda.runtime import keep_freed_memory
 from coda.train import bce_loss
 
@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> None:
                     for r in rows:
                         print(f"| {r['group']} | {r['seconds']:.3f} | {100 * r['share']:.0f}% |")
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the matmul rate with the threads the steps had
+    machine = machine_summary("cpu", n=256 if args.quick else None)  # measured again after the rows
     results = []
     for dtype in args.dtypes:
         for batch in args.batches:
@@ -317,9 +320,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"measuring {mode} {dtype} batch {batch} ...", file=sys.stderr, flush=True)
                 results.append(run_in_subprocess(spec))
     ratios = add_ratios(results)
-    if args.threads:
-        torch.set_num_threads(args.threads)  # the matmul rate with the threads the steps had
-    machine = machine_summary("cpu", n=256 if args.quick else None)
+    remeasure_peak(machine)
     results = add_rates(results, training_flops(build_model(args.model), args.image_size), machine)
     threads = results[0]["threads_used"] if results else None
     print(format_machine(machine))

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.flops import training_flops
-from coda.hardware import format_machine, machine_summary, resolve_precision
+from coda.hardware import format_machine, machine_summary, remeasure_peak, resolve_precision
 from coda.inference import autocast
 from coda.models import build_model
 from coda.train import bce_loss
@@ -93,12 +93,19 @@ def measure(models: list[tuple[str, dict]], precisions: list[str], batch: int, s
         flops = training_flops(model)
         for precision in precisions:
             rate = images_per_second(model, precision, batch, steps, warmup, device)
-            peak, peak_name = peak_for(precision, machine)
             rows.append({"model": name, **overrides, "parameters": sum(p.numel() for p in model.parameters()),
                          "precision": precision, "batch": batch, "images_per_s": rate,
-                         "gflop_per_image": flops / 1e9, "gflops": rate * flops / 1e9,
-                         "fraction_of_matmul": rate * flops / 1e9 / peak, "matmul_reference": peak_name})
-    return rows
+                         "gflop_per_image": flops / 1e9, "gflops": rate * flops / 1e9})
+    return add_fractions(rows, machine)
+
+
+def add_fractions(rows: list[dict], machine: dict) -> list[dict]:
+    """Each row's GFLOP/s as a fraction of the matmul rate of its precision (``machine``)."""
+    out = []
+    for r in rows:
+        peak, peak_name = peak_for(r["precision"], machine)
+        out.append(r | {"fraction_of_matmul": r["gflops"] / peak, "matmul_reference": peak_name})
+    return out
 
 
 def markdown(rows: list[dict]) -> str:
@@ -137,13 +144,14 @@ def main(argv: list[str] | None = None) -> None:
     machine = machine_summary(device, n=256 if a.quick else None)
     precisions = a.precisions or default_precisions(machine)
     auto, why = resolve_precision("auto", device)
+    models = [(a.model, {"rank_factor": f, "temperature": a.temperature}) for f in a.rank_factors]
+    rows = measure(models, precisions, a.batch, a.steps, a.warmup, device, machine)
+    rows = add_fractions(rows, remeasure_peak(machine, device))
     print(format_machine(machine))
     print(f"precision 'auto' here: {auto} ({why})")
     if "bf16" not in precisions:
         print("bf16 not measured: this CPU emulates it (--precisions fp32 bf16 measures it anyway)")
     print(f"{a.steps} timed steps after {a.warmup} warm-up per row\n")
-    models = [(a.model, {"rank_factor": f, "temperature": a.temperature}) for f in a.rank_factors]
-    rows = measure(models, precisions, a.batch, a.steps, a.warmup, device, machine)
     print(markdown(rows))
     if a.json is not None:
         a.json.parent.mkdir(parents=True, exist_ok=True)

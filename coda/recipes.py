@@ -18,7 +18,12 @@ CPU-hours of training have passed; the rows go to ``results/recipes/<name>.json`
     python -m coda.recipes figure          # figures/recipes.png: localisation against CPU-hours
 
 Rerunning ``train`` with a larger ``--cpu-hours`` continues the same run (that is how the
-chosen recipe becomes the long run).
+chosen recipe becomes the long run). A run outlives its machine only through git:
+``python -m coda.recipes save NAME`` writes its state as a compact checkpoint (float16 weights,
+no optimiser state; :func:`coda.train.compact_checkpoint`) to
+``data/training/recipes/<name>/last.pt``, to be committed, and ``train`` on a machine without
+``runs/recipes/<name>/`` continues from it with a fresh Adam whose learning rate is ramped up
+again over a quarter epoch.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -36,9 +42,10 @@ from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10
 from coda.inference import predict
 from coda.metrics import grids_from_logits, localisation_scores
 from coda.models import CoDANet
-from coda.train import TrainConfig, train
+from coda.train import TrainConfig, compact_checkpoint, train
 
 RUNS_DIR = PROJECT_ROOT / "runs" / "recipes"
+STATE_DIR = PROJECT_ROOT / "data" / "training" / "recipes"  # committed compact states (save)
 RESULTS_DIR = PROJECT_ROOT / "results" / "recipes"
 SWEEP_RESULTS = PROJECT_ROOT / "results" / "sweeps" / "sweeps.json"
 N_GRIDS = 100
@@ -166,13 +173,15 @@ def _images_seen(cfg: TrainConfig, ckpt: dict, n_train: int) -> int:
 def train_recipe(name: str, cpu_hours: float, eval_every: float = 0.5, chunk_steps: int = 200,
                  runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR, data_root=None,
                  train_data: ImageDataset | None = None, test_data: ImageDataset | None = None,
-                 n_grids: int = N_GRIDS) -> list[dict]:
+                 n_grids: int = N_GRIDS, state_dir: Path = STATE_DIR) -> list[dict]:
     """Train recipe ``name`` until its run has spent ``cpu_hours`` of training CPU time.
 
     Trains in chunks of ``chunk_steps`` optimiser steps (each ends with a checkpoint); after a
     chunk that passes another multiple of ``eval_every`` CPU-hours, the checkpoint is
     evaluated (:func:`record_checkpoint`; its CPU time is not counted as training). Resumable:
-    the run lives in ``runs_dir/<name>/last.pt``. Returns the recipe's rows.
+    the run lives in ``runs_dir/<name>/last.pt``; where that is missing (a fresh machine) and
+    :func:`save_state` committed one in ``state_dir/<name>/last.pt``, the run continues from
+    it. Returns the recipe's rows.
     """
     recipe = get_recipe(name)
     if not cpu_hours > 0 or not eval_every > 0 or chunk_steps < 1:
@@ -183,6 +192,11 @@ def train_recipe(name: str, cpu_hours: float, eval_every: float = 0.5, chunk_ste
     train_data = load_cifar10("train", data_root) if train_data is None else train_data
     test_data = load_cifar10("test", data_root) if test_data is None else test_data
     ckpt_path = out / "last.pt"
+    saved = Path(state_dir) / name / "last.pt"
+    if not ckpt_path.exists() and saved.exists():  # a fresh machine: continue from the committed state
+        shutil.copyfile(saved, ckpt_path)
+        print(f"{name}: continuing from {saved} (a compact state: fresh optimiser, learning rate re-warmed)",
+              flush=True)
     while True:
         spent = load_checkpoint(ckpt_path).get("cpu_time", 0.0) / 3600 if ckpt_path.exists() else 0.0
         evaluated = {r["images"] for r in read_rows(name, results_dir)}
@@ -202,6 +216,16 @@ def train_recipe(name: str, cpu_hours: float, eval_every: float = 0.5, chunk_ste
         if finished:
             break
     return read_rows(name, results_dir)
+
+
+def save_state(name: str, runs_dir: Path = RUNS_DIR, state_dir: Path = STATE_DIR) -> Path:
+    """Write recipe ``name``'s run as a compact checkpoint (:func:`coda.train.compact_checkpoint`:
+    float16 weights, no optimiser state) to ``state_dir/<name>/last.pt``, to be committed, so
+    that ``train`` continues it on a fresh machine. Returns the path written."""
+    src = Path(runs_dir) / name / "last.pt"
+    if not src.exists():
+        raise ValueError(f"recipe {name!r} has no run to save: {src} does not exist")
+    return compact_checkpoint(src, Path(state_dir) / name / "last.pt")
 
 
 # ----- reporting ---------------------------------------------------------------------------
@@ -243,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--eval-every", type=float, default=0.5, help="CPU-hours between evaluations")
     t.add_argument("--chunk-steps", type=int, default=200, help="optimiser steps between checkpoints")
     t.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
+    s = sub.add_parser("save", help="write a recipe's run as a compact state to commit (data/training/recipes/)")
+    s.add_argument("name", choices=sorted(RECIPES))
     sub.add_parser("status", help="CPU-hours, epochs and the last evaluation of every recipe")
     sub.add_parser("table", help="the markdown table of every evaluated row")
     f = sub.add_parser("figure", help="localisation and accuracy against CPU-hours")
@@ -253,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{r.name:<16} {r.why}")
     elif a.command == "train":
         train_recipe(a.name, a.cpu_hours, a.eval_every, a.chunk_steps, data_root=a.data)
+    elif a.command == "save":
+        print(save_state(a.name))
     elif a.command == "status":
         for s in status():
             print(json.dumps(s))

@@ -33,6 +33,7 @@ SCHEDULES = ("paper", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SGD_MOMENTUM = 0.9  # Nesterov momentum of "sgd", as for the CIFAR ResNets
 CHECKPOINT_FORMAT = 1
+REWARM_EPOCHS = 0.25  # learning-rate ramp after a restart from a compact checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +153,15 @@ def _is_real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def rewarm_factor(step: int, rewarm_from: int | None, steps_per_epoch: int) -> float:
+    """The learning-rate factor after a restart from a compact checkpoint: a linear ramp from
+    0 over :data:`REWARM_EPOCHS` epochs, starting at optimiser step ``rewarm_from`` (0-based,
+    global); 1 for a run that never restarted that way (``rewarm_from=None``)."""
+    if rewarm_from is None:
+        return 1.0
+    return min(1.0, (step - rewarm_from + 1) / max(1.0, REWARM_EPOCHS * steps_per_epoch))
+
+
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The learning rate at optimiser step ``step`` (0-based)."""
     epoch = step / steps_per_epoch
@@ -188,7 +198,8 @@ def _new_state(cfg: TrainConfig, device: torch.device, initialise: bool = True) 
         model.freeze_stem()
     return {"model": model, "optimizer": make_optimizer(cfg, model),
             "epoch": 0, "step": 0, "history": [], "wall_time": 0.0, "cpu_time": 0.0,
-            "generator": _epoch_generator(cfg, 0).get_state(), "epoch_sums": _zero_sums()}
+            "generator": _epoch_generator(cfg, 0).get_state(), "epoch_sums": _zero_sums(), "rewarm_from": None,
+            "restarts": []}
 
 
 def make_optimizer(cfg: TrainConfig, model: CoDANet) -> torch.optim.Optimizer:
@@ -247,13 +258,45 @@ def _load_state(cfg: TrainConfig, path: Path, device: torch.device) -> dict:
             f"or choose another --out.\n  checkpoint: {ckpt['config']}\n  now:        {cfg.to_dict()}"
         )
     state = _new_state(cfg, device, initialise=False)
-    state["model"].load_state_dict(ckpt["model"])
-    state["optimizer"].load_state_dict(ckpt["optimizer"])
+    state["model"].load_state_dict(ckpt["model"])  # a compact checkpoint's float16 weights are cast back
     for key in ("epoch", "step", "history", "wall_time", "generator"):
         state[key] = ckpt[key]
     state["cpu_time"] = ckpt.get("cpu_time", 0.0)
     state["epoch_sums"] = ckpt.get("epoch_sums", _zero_sums())  # absent in checkpoints before 2026-12
+    state["rewarm_from"] = ckpt.get("rewarm_from")
+    state["restarts"] = ckpt.get("restarts", [])
+    if ckpt["optimizer"] is not None:
+        state["optimizer"].load_state_dict(ckpt["optimizer"])
+    else:  # a compact checkpoint: a fresh optimiser, and the learning rate re-warmed from here
+        state["rewarm_from"] = (ckpt["epoch"], ckpt["step"])
     return state
+
+
+def compact_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write a small copy of the trainer checkpoint ``src`` that a run can resume from.
+
+    The copy keeps everything but the optimiser state (for Adam two more tensors the size of
+    the weights), and stores the floating-point weights in ``dtype``: about a sixth of the
+    size, small enough to commit, so that a run longer than one working session continues on
+    a fresh machine (``data/training/``). Resuming from it (copy it to ``<out>/last.pt``)
+    casts the weights back, starts a fresh optimiser and ramps the learning rate up again
+    from 0 over :data:`REWARM_EPOCHS` epochs (:func:`rewarm_factor`: a fresh Adam's first
+    updates are as large as the learning rate in every coordinate, which throws a trained
+    model out of its minimum); that restart is recorded in the history and the checkpoints.
+    Raises ``ValueError`` if a weight does not fit ``dtype`` (use ``torch.bfloat16`` then).
+    """
+    ckpt = load_checkpoint(src)
+    if ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
+        raise ValueError(f"{src}: expected a coda.train checkpoint (format {CHECKPOINT_FORMAT})")
+    weights = {}
+    for key, value in ckpt["model"].items():
+        small = value.to(dtype) if value.is_floating_point() else value
+        if not torch.isfinite(small).all():
+            raise ValueError(f"{src}: weight {key!r} does not fit {dtype} (largest |value| {value.abs().max():.3g})")
+        weights[key] = small
+    restarts = ckpt.get("restarts", []) + [{"epoch": ckpt["epoch"], "step": ckpt["step"], "weights": str(dtype)}]
+    save_checkpoint(ckpt | {"model": weights, "optimizer": None, "restarts": restarts}, dst)
+    return Path(dst)
 
 
 def _save_state(state: dict, cfg: TrainConfig, path: Path) -> None:
@@ -263,7 +306,7 @@ def _save_state(state: dict, cfg: TrainConfig, path: Path) -> None:
          "model": model.state_dict(), "optimizer": state["optimizer"].state_dict(),
          "epoch": state["epoch"], "step": state["step"], "history": state["history"],
          "wall_time": state["wall_time"], "cpu_time": state["cpu_time"], "generator": state["generator"],
-         "epoch_sums": state["epoch_sums"]},
+         "epoch_sums": state["epoch_sums"], "rewarm_from": state["rewarm_from"], "restarts": state["restarts"]},
         path,
     )
 
@@ -332,6 +375,9 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
     images_all = train_data.images.to(device)
     labels_all = train_data.labels.to(device)
     steps_this_call = 0
+    rewarm_start = None  # the global step a restart from a compact checkpoint re-warms from
+    if state["rewarm_from"] is not None:
+        rewarm_start = state["rewarm_from"][0] * steps_per_epoch + state["rewarm_from"][1]
     clock = _Clock(state)  # wall and CPU time of this call not yet added to the state
     model.train()
     while state["epoch"] < cfg.epochs:
@@ -347,7 +393,8 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
         correct = torch.tensor(sums["correct"], device=device)
         seen, t0 = sums["seen"], time.perf_counter() - sums["seconds"]
         for step in bar:
-            lr = learning_rate(cfg, epoch * steps_per_epoch + step, steps_per_epoch)
+            lr = learning_rate(cfg, epoch * steps_per_epoch + step, steps_per_epoch) * rewarm_factor(
+                epoch * steps_per_epoch + step, rewarm_start, steps_per_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]

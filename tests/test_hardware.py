@@ -135,3 +135,15 @@ def test_card_says_which_precision_ran():
     assert _precision_text("auto", history) == "precision auto: ran bf16 autocast (epochs 1-2), fp32 (epoch 3)"
     assert "before 2026-12" in _precision_text("auto", [{"epoch": 1}])  # older runs did not record it
     assert _precision_text("fp32", []) == "fp32"
+
+
+def test_remeasure_peak_keeps_the_best_rate_of_each_dtype(monkeypatch):
+    monkeypatch.setattr(H, "cpu_info", lambda: NATIVE)
+    rates = iter([100.0, 300.0, 150.0, 250.0])  # fp32, bf16 before; fp32, bf16 after
+    monkeypatch.setattr(H, "matmul_gflops", lambda *args, **kwargs: next(rates))
+    summary = H.machine_summary("cpu", n=64)
+    assert summary["matmul_gflops"] == {"fp32": 100.0, "bf16": 300.0}
+    H.remeasure_peak(summary, "cpu")
+    assert summary["matmul_gflops"] == {"fp32": 150.0, "bf16": 300.0}
+    assert summary["matmul_measurements"] == [{"fp32": 100.0, "bf16": 300.0}, {"fp32": 150.0, "bf16": 250.0}]
+    assert "best of measurements before and after" in H.format_machine(summary)

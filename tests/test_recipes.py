@@ -95,3 +95,19 @@ def test_table_and_figure(tiny):
     assert not [line for line in ax_loc.get_lines() if line.get_label() == "empty"]
     torch.testing.assert_close(torch.tensor(ax_acc.get_lines()[0].get_ydata()[0]),
                                torch.tensor(100 * rows[0]["test_accuracy"]), check_dtype=False)
+
+
+def test_save_writes_a_compact_state_that_a_fresh_machine_continues(tiny, tmp_path):
+    state_dir = tmp_path / "state"
+    with pytest.raises(ValueError, match="has no run to save"):
+        R.save_state("tiny", tiny["runs_dir"], state_dir)
+    R.train_recipe("tiny", cpu_hours=1e-9, eval_every=1e-9, chunk_steps=2, n_grids=2, state_dir=state_dir, **tiny)
+    saved = R.save_state("tiny", tiny["runs_dir"], state_dir)
+    assert saved == state_dir / "tiny" / "last.pt" and load_checkpoint(saved)["optimizer"] is None
+    # A fresh machine: no runs/ folder, the committed state only.
+    fresh = {**tiny, "runs_dir": tmp_path / "fresh-runs"}
+    rows = R.train_recipe("tiny", cpu_hours=1.0, eval_every=1e-9, chunk_steps=2, n_grids=2, state_dir=state_dir,
+                          **{k: v for k, v in fresh.items()})
+    ckpt = load_checkpoint(fresh["runs_dir"] / "tiny" / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["rewarm_from"] == (0, 2) and ckpt["restarts"][0]["step"] == 2
+    assert [r["images"] for r in rows][-1] == 96

@@ -7,6 +7,7 @@ is convolutional with sum pooling, so 8x8 images work); one run uses real CIFAR-
 import os
 import re
 import shlex
+import shutil
 import warnings
 from pathlib import Path
 
@@ -344,9 +345,60 @@ def test_checkpoint_keys_are_the_documented_format(tmp_path):
         "cpu_time",
         "generator",
         "epoch_sums",  # added without a format change: older checkpoints resume with zero sums
+        "rewarm_from",  # added without a format change (None where absent): see compact_checkpoint
+        "restarts",
     }
     assert ckpt["format"] == T.CHECKPOINT_FORMAT and ckpt["config"] == RESUME.to_dict()
     assert (ckpt["epoch"], ckpt["step"]) == (0, 2)
+
+
+def test_compact_checkpoint_resumes_with_float16_weights_a_fresh_optimiser_and_a_rewarm(tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "REWARM_EPOCHS", 1.0)  # a ramp over 6 steps
+    run(RESUME, tmp_path / "full", stop_after_steps=4)
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+    T.compact_checkpoint(tmp_path / "full" / "last.pt", tmp_path / "compact" / "last.pt")
+    compact = load_checkpoint(tmp_path / "compact" / "last.pt")
+    assert compact["optimizer"] is None and compact["restarts"] == [{"epoch": 0, "step": 4, "weights": "torch.float16"}]
+    for key, value in full["model"].items():
+        assert compact["model"][key].dtype == (torch.float16 if value.is_floating_point() else value.dtype)
+        assert torch.equal(compact["model"][key], value.to(compact["model"][key].dtype)), key
+    for key in ("epoch", "step", "history", "generator", "epoch_sums", "cpu_time", "config"):
+        assert str(compact[key]) == str(full[key]), key
+    assert (tmp_path / "compact" / "last.pt").stat().st_size < (tmp_path / "full" / "last.pt").stat().st_size / 2
+
+    # Resume from it: the learning rate ramps up again from step 4.
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copyfile(tmp_path / "compact" / "last.pt", tmp_path / folder / "last.pt")
+    _, history = run(RESUME, tmp_path / "a", stop_after_steps=2)  # steps 4, 5: the end of epoch 1
+    resumed = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert resumed["rewarm_from"] == (0, 4) and resumed["optimizer"] is not None
+    assert resumed["restarts"] == compact["restarts"]  # carried on by every later checkpoint
+    assert history[0]["lr"] == pytest.approx(learning_rate(RESUME, 5, 6) * 2 / 6)  # the epoch's last step
+    # After the restart, a stopped and resumed run ends bit-identical to an uninterrupted one.
+    run(RESUME, tmp_path / "a")
+    run(RESUME, tmp_path / "b")
+    assert_same_state(load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt"))
+
+
+def test_rewarm_factor_ramps_linearly_over_a_quarter_epoch():
+    assert T.rewarm_factor(10, None, 100) == 1.0
+    assert [T.rewarm_factor(s, 10, 100) for s in (10, 11, 34, 35, 60)] == [1 / 25, 2 / 25, 1.0, 1.0, 1.0]
+
+
+def test_compact_checkpoint_rejects_other_files_and_weights_that_overflow(tmp_path):
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="expected a coda.train checkpoint"):
+        T.compact_checkpoint(tmp_path / "other.pt", tmp_path / "out.pt")
+    run(RESUME, tmp_path / "run", stop_after_steps=1)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    key = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][key] = ckpt["model"][key] + 1e6
+    torch.save(ckpt, tmp_path / "big.pt")
+    with pytest.raises(ValueError, match=f"weight '{key}' does not fit torch.float16"):
+        T.compact_checkpoint(tmp_path / "big.pt", tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+    T.compact_checkpoint(tmp_path / "big.pt", tmp_path / "out.pt", dtype=torch.bfloat16)  # bf16 has the range
 
 
 # ----- evaluation ------------------------------------------------------------------------------
