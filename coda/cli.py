@@ -27,6 +27,8 @@ COMMANDS = {
     "pretrained": ("coda.pretrained", "the shipped models: list, evaluate, export, resave, retire"),
     "workbook": ("coda.workbook", "run the notebooks in order and regenerate the figures"),
     "published": ("coda.published", "the authors' published models: list, download (non-commercial use only)"),
+    "recipes": ("coda.recipes", "the reproduction's recipe study: train, save, status, table, figure"),
+    "depth": ("coda.depth", "interpretable depth, the ResNet-20 hybrids: status, evaluate, table, figure"),
 }
 # the command the coda command is running (None under python -m coda.X)
 _RUNNING: contextvars.ContextVar[str | None] = contextvars.ContextVar("coda_command", default=None)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from coda import cli
 from coda.checkpoint import load_checkpoint, write_json
 from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10
 from coda.inference import predict
@@ -258,7 +259,7 @@ def status(runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR) -> list[d
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m coda.recipes", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=cli.prog("recipes"), description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the candidate recipes and why")
     t = sub.add_parser("train", help="train a recipe up to a CPU-time budget, evaluating as it goes")

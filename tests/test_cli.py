@@ -11,7 +11,8 @@ from coda import cli
 
 
 def test_every_command_is_a_module_with_main():
-    assert sorted(cli.COMMANDS) == sorted(["train", "evaluate", "sweeps", "pretrained", "workbook", "published"])
+    assert sorted(cli.COMMANDS) == sorted(["train", "evaluate", "sweeps", "pretrained", "workbook", "published",
+                                               "recipes", "depth"])
     for module, _ in cli.COMMANDS.values():
         assert callable(importlib.import_module(module).main)
 

@@ -1,0 +1,262 @@
+"""Interpretable depth as the journal means it: CoDA layers on the stages of a trained ResNet-20.
+
+A hybrid ``cifar10-hybrid-d<d>-f8-T1000`` computes the first ``d`` stages of ResNet-20 (its
+embedding, started from the trained ``cifar10-resnet20-T64`` and fine-tuned) and then the 9L-S's
+CoDA layers from the same resolution on (docs/method.md#interpretable-depth-and-hybrids). Its
+decisions decompose exactly into contributions of the first CoDA layer's input, not of the
+pixels: the deeper the embedding, the deeper the explanation starts. The study measures, for
+``d = 0`` (the pure 9L-S, ``cifar10-9L-S-f8-T1000``, the same 40-epoch budget), the hybrids
+``d = 1, 2, 3`` and the all-conventional ResNet-20:
+
+* test accuracy on the 10,000 CIFAR-10 test images;
+* localisation of the contributions at the input of the first CoDA layer, on grids that are the
+  same for every model (:func:`shared_grids`: images that every model classifies correctly);
+* as the reference, the pure 9L-S explained from its layer of the same resolution and width
+  (:data:`REFERENCE_LAYER`): what localisation costs when an explanation starts that deep
+  without a conventional embedding below it.
+
+::
+
+    python -m coda.depth status      # which of the models exist (shipped or finished runs)
+    python -m coda.depth evaluate    # results/depth/depth.json
+    python -m coda.depth table       # the README's markdown table
+    python -m coda.depth figure      # figures/depth_hybrids.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from coda import cli
+from coda.checkpoint import load_checkpoint, write_json
+from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10
+from coda.explainers import layer_explainer
+from coda.inference import evaluate_accuracy, predict
+from coda.metrics import Grids, grids_from_logits, localisation_scores
+from coda.models import CoDANet
+
+PURE = "cifar10-9L-S-f8-T1000"  # d = 0: the pure CoDA-Net with the hybrids' budget
+CONVENTIONAL = "cifar10-resnet20-T64"  # the all-conventional network whose stages embed the hybrids
+DEPTHS = (1, 2, 3)
+EPOCHS = 40  # the shared budget (data/training/README.md)
+# The 9L-S layer whose input has the resolution and width of ResNet-20 stage d's output
+# (16 channels at 32 x 32, 32 at 16 x 16, 64 at 8 x 8): where a hybrid's CoDA part begins.
+REFERENCE_LAYER = {1: 2, 2: 5, 3: 8}
+N_GRIDS = 100
+RESULTS = PROJECT_ROOT / "results" / "depth" / "depth.json"
+RUNS_DIR = PROJECT_ROOT / "runs"
+
+
+def hybrid_name(d: int) -> str:
+    """The shipped name of the hybrid on the first ``d`` ResNet-20 stages."""
+    return f"cifar10-hybrid-d{d}-f8-T1000"
+
+
+def model_names() -> list[str]:
+    """Every model of the study, shallowest explanation first: d = 0, 1, 2, 3, the ResNet-20."""
+    return [PURE, *(hybrid_name(d) for d in DEPTHS), CONVENTIONAL]
+
+
+def find_model(name: str, runs_dir: Path = RUNS_DIR) -> str | None:
+    """How to load ``name``: its shipped name, else its finished run's checkpoint
+    (``runs/<name>/last.pt`` after :data:`EPOCHS` epochs), else None."""
+    from coda.pretrained import list_pretrained
+
+    if name in list_pretrained():
+        return name
+    path = Path(runs_dir) / name / "last.pt"
+    if path.exists() and load_checkpoint(path)["epoch"] >= EPOCHS:
+        return str(path)
+    return None
+
+
+def shared_grids(logits: Sequence[torch.Tensor], test: ImageDataset, n_grids: int, seed: int = 0) -> Grids:
+    """Pointing-game grids built from images that *every* model classifies correctly.
+
+    The grids of :func:`coda.metrics.make_grids` take each model's own confident images; to
+    compare models on the same grids, the models' logits (N, K) are combined into one set: the
+    true class gets the smallest of the models' logits and every other class the largest, so
+    an image qualifies only if each model ranks its true class first with sigmoid(logit) > 0.5,
+    and the images are ranked by the least confident model.
+    """
+    if not logits:
+        raise ValueError("shared_grids needs the logits of at least one model")
+    stacked = torch.stack([lg.float().cpu() for lg in logits])  # (M, N, K)
+    true = torch.nn.functional.one_hot(test.labels.cpu(), stacked.shape[-1]).bool()
+    joint = torch.where(true, stacked.min(0).values, stacked.max(0).values)
+    return grids_from_logits(joint, test, n_grids, seed=seed)
+
+
+def first_coda_layer_explainer(model: CoDANet):
+    """Contributions at the input of the first CoDA layer: the image for a pure CoDA-Net."""
+    return "coda" if not len(model.stem) else layer_explainer(0)
+
+
+def evaluate_depth(models: Mapping[str, CoDANet], test: ImageDataset, n_grids: int = N_GRIDS,
+                   seed: int = 0, grids: Grids | None = None) -> list[dict]:
+    """One row per model (names as in :func:`model_names`; missing ones are skipped).
+
+    Row keys: name, d (ResNet-20 stages before the first CoDA layer; 3 and no CoDA layer for
+    the ResNet-20), parameters, test_accuracy, explained_from, localisation_mean and _median
+    (None without CoDA layers), n_grids, and for a hybrid whose d has a reference and the pure
+    model present: reference_layer, reference_localisation_mean and _median (the pure model
+    from that layer, same grids).
+    """
+    coda_models = {name: m for name, m in models.items() if len(m.layers)}
+    if grids is None and coda_models:
+        grids = shared_grids([predict(m, test.images) for m in coda_models.values()], test, n_grids, seed)
+    rows = []
+    for name, model in models.items():
+        d = model.config.resnet_stages
+        row = {"name": name, "d": d, "parameters": sum(p.numel() for p in model.parameters()),
+               "test_accuracy": evaluate_accuracy(model, test)["accuracy"],
+               "explained_from": _explained_from(model), "localisation_mean": None,
+               "localisation_median": None, "n_grids": 0}
+        if len(model.layers):
+            loc = localisation_scores(model, grids, first_coda_layer_explainer(model))
+            row.update(localisation_mean=loc.mean, localisation_median=loc.median, n_grids=len(grids))
+            pure = models.get(PURE)
+            if d in REFERENCE_LAYER and pure is not None:
+                ref = localisation_scores(pure, grids, layer_explainer(REFERENCE_LAYER[d]))
+                row.update(reference_layer=REFERENCE_LAYER[d], reference_localisation_mean=ref.mean,
+                           reference_localisation_median=ref.median)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _explained_from(model: CoDANet) -> str:
+    if not len(model.layers):
+        return "nothing (no CoDA layer)"
+    if not len(model.stem):
+        return "the image (layer 0's input)"
+    d = model.config.resnet_stages
+    return f"layer 0's input (after ResNet-20 stage{'s 1-' if d > 1 else ' '}{d})"
+
+
+def read_results(path: Path = RESULTS) -> dict | None:
+    """``{"rows", "n_grids", "seed", "command", "models"}`` from :func:`evaluate_depth`'s file, or None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+        raise ValueError(f"{path}: expected a JSON object with a list 'rows'")
+    return record
+
+
+def markdown_table(rows: Sequence[Mapping]) -> str:
+    """The README's table: d, model, parameters, accuracy, localisation, the reference."""
+
+    def loc(mean, median) -> str:
+        return "-" if mean is None else f"{mean:.3f} ({median:.3f})"
+
+    lines = ["| d | model | parameters | test accuracy | localisation at the first CoDA layer's input "
+             "(mean, median) | reference: the pure 9L-S from the same depth | grids |",
+             "|---:|---|---:|---:|---|---|---:|"]
+    for r in rows:
+        ref = "-"
+        if r.get("reference_layer") is not None:
+            ref = f"layer {r['reference_layer']}: " + loc(r["reference_localisation_mean"], r["reference_localisation_median"])
+        d = f"{r['d']} (all)" if r["explained_from"].startswith("nothing") else str(r["d"])
+        lines.append(f"| {d} | `{r['name']}` | {r['parameters']:,} | {100 * r['test_accuracy']:.2f}% | "
+                     f"{loc(r['localisation_mean'], r['localisation_median'])} | {ref} | {r['n_grids'] or '-'} |")
+    return "\n".join(lines)
+
+
+def plot_depth(rows: Sequence[Mapping]):
+    """Accuracy and localisation against interpretable depth (the number d of ResNet-20 stages
+    before the first CoDA layer): hybrids and the pure model as points, the ResNet-20's
+    accuracy as a dashed line, the pure model explained from the same depth as the reference.
+    Returns the figure (two panels)."""
+    import matplotlib.pyplot as plt
+
+    from coda import plotting
+
+    plotting.use_style()
+    coda_rows = sorted((r for r in rows if r["localisation_mean"] is not None), key=lambda r: r["d"])
+    conventional = [r for r in rows if r["localisation_mean"] is None]
+    if not coda_rows:
+        raise ValueError("nothing to draw: no model with CoDA layers in the rows")
+    depths = [r["d"] for r in coda_rows]
+    fig, (ax_acc, ax_loc) = plt.subplots(1, 2, figsize=(9, 3.6))
+    ax_acc.plot(depths, [100 * r["test_accuracy"] for r in coda_rows], "o-", label="CoDA layers on d stages")
+    for r in conventional:
+        ax_acc.axhline(100 * r["test_accuracy"], color="0.4", ls="--", lw=1,
+                       label=f"ResNet-20, no CoDA layer ({100 * r['test_accuracy']:.1f}%)")
+    ax_acc.set(xlabel="d: ResNet-20 stages before the first CoDA layer", ylabel="test accuracy (%)",
+               title="Accuracy")
+    ax_loc.plot(depths, [r["localisation_mean"] for r in coda_rows], "o-", label="hybrid, at its first CoDA layer")
+    refs = [(r["d"], r["reference_localisation_mean"]) for r in coda_rows if r.get("reference_layer") is not None]
+    pure = [(r["d"], r["localisation_mean"]) for r in coda_rows if r["d"] == 0]
+    if refs:
+        ax_loc.plot(*zip(*(pure + refs), strict=True), "^--", color="0.35", label="pure 9L-S, from the same depth")
+    ax_loc.axhline(plotting.CHANCE_3X3, color="0.5", ls=":", lw=1, label="chance (3x3 grid)")
+    ax_loc.set(xlabel="d: ResNet-20 stages before the first CoDA layer", ylabel="localisation (mean)",
+               ylim=(0, 1), title=f"Localisation ({coda_rows[0]['n_grids']} shared grids)")
+    for ax in (ax_acc, ax_loc):
+        ax.set_xticks(depths)
+        ax.legend(fontsize="small", loc="lower left")
+    fig.suptitle("Interpretable depth: a deeper conventional embedding, a deeper explanation")
+    return fig
+
+
+def _load_available(runs_dir: Path = RUNS_DIR) -> tuple[dict[str, CoDANet], dict[str, dict]]:
+    from coda.pretrained import load_model
+
+    models, info = {}, {}
+    for name in model_names():
+        spec = find_model(name, runs_dir)
+        if spec is not None:
+            models[name], record = load_model(spec)
+            info[name] = {k: record.get(k) for k in ("source", "sha256") if k in record}
+    return models, info
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog=cli.prog("depth"), description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="which models of the study exist")
+    e = sub.add_parser("evaluate", help="accuracy and localisation of every available model")
+    e.add_argument("--n-grids", type=int, default=N_GRIDS)
+    e.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
+    e.add_argument("--out", type=Path, default=RESULTS)
+    sub.add_parser("table", help="the markdown table of the stored results")
+    f = sub.add_parser("figure", help="figures/depth_hybrids.png from the stored results")
+    f.add_argument("--out", default=str(PROJECT_ROOT / "figures"))
+    a = p.parse_args(argv)
+    if a.command == "status":
+        for name in model_names():
+            print(f"{name:<28} {find_model(name) or 'missing'}")
+        return
+    if a.command == "evaluate":
+        if a.n_grids < 1:
+            p.error(f"--n-grids must be >= 1, got {a.n_grids}")
+        models, info = _load_available()
+        if not models:
+            p.error("no model of the study is available (python -m coda.depth status)")
+        rows = evaluate_depth(models, load_cifar10("test", a.data), a.n_grids)
+        command = "python -m coda.depth " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+        write_json({"rows": rows, "n_grids": a.n_grids, "seed": 0, "command": command, "models": info}, a.out)
+        print(a.out)
+        return
+    record = read_results()
+    if record is None:
+        p.error(f"no results yet: run python -m coda.depth evaluate (expected {RESULTS})")
+    if a.command == "table":
+        print(markdown_table(record["rows"]))
+    else:
+        from coda import plotting
+
+        print(plotting.save_figure(plot_depth(record["rows"]), "depth_hybrids", a.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The interpretable-depth study of the ResNet-20 hybrids (``coda.depth``)."""
+
+import json
+
+import pytest
+import torch
+
+from coda import build_model
+from coda import depth as D
+from coda.data import ImageDataset
+from coda.metrics import grids_from_logits
+
+
+def toy_test(n: int = 40, seed: int = 0) -> ImageDataset:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    return ImageDataset(images, torch.arange(n) % 10, tuple(f"class{i}" for i in range(10)))
+
+
+def confident_logits(labels: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+    """Logits that rank the true class first with the given logit, every other class at -5."""
+    logits = torch.full((len(labels), 10), -5.0)
+    logits[torch.arange(len(labels)), labels] = confidence
+    return logits
+
+
+def test_shared_grids_take_only_images_every_model_gets_right():
+    test = toy_test(60)
+    a = confident_logits(test.labels, torch.linspace(1, 6, 60))
+    b = a.clone()
+    wrong = torch.arange(0, 60, 3)  # model b gets every third image wrong
+    b[wrong, (test.labels[wrong] + 1) % 10] = 10.0
+    grids = D.shared_grids([a, b], test, n_grids=3)
+    used = set(grids.indices.flatten().tolist())
+    assert used and not used & set(wrong.tolist())
+    # One model: the same grids as its own.
+    alone = D.shared_grids([a], test, n_grids=3)
+    assert torch.equal(alone.indices, grids_from_logits(a, test, 3).indices)
+    # The least confident model ranks the images.
+    c = confident_logits(test.labels, torch.linspace(6, 1, 60))
+    joint = D.shared_grids([a, c], test, n_grids=1)
+    first = joint.indices[0].tolist()
+    least = torch.minimum(a, c)[torch.arange(60), test.labels]
+    for i in first:  # each cell: its class's image whose least confident model is most confident
+        same_class = test.labels == test.labels[i]
+        assert least[i] == least[same_class].max()
+    with pytest.raises(ValueError, match="at least one model"):
+        D.shared_grids([], test, 1)
+
+
+def test_reference_layers_have_the_resolution_and_width_of_the_stage():
+    pure = build_model("cifar10-9L-S", rank_factor=8, temperature=1000.0)
+    x = torch.rand(1, 3, 32, 32)
+    inputs = {}
+    h = pure.encode(x)
+    for i, layer in enumerate(pure.layers):
+        inputs[i] = h.shape[1:]
+        h = layer(h)
+    for d, layer in D.REFERENCE_LAYER.items():
+        hybrid = build_model("cifar10-hybrid", resnet_stages=d, rank_factor=8, temperature=1000.0)
+        stage_out = hybrid.stem(hybrid.encode(x))
+        assert stage_out.shape[1:] == inputs[layer], d
+        assert len(hybrid.layers) == len(pure.layers) - layer
+
+
+def test_evaluate_depth_rows_table_and_figure(monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    models = {D.PURE: build_model("cifar10-9L-S", rank_factor=8, temperature=1000.0).eval(),
+              D.hybrid_name(1): build_model("cifar10-hybrid", resnet_stages=1, rank_factor=8,
+                                            temperature=1000.0).eval(),
+              D.CONVENTIONAL: build_model("cifar10-resnet20").eval()}
+    test = toy_test(20)
+    grids = grids_from_logits(confident_logits(test.labels, torch.ones(20)), test, n_grids=2)
+    rows = D.evaluate_depth(models, test, grids=grids)
+    by_name = {r["name"]: r for r in rows}
+    pure, hybrid, resnet = by_name[D.PURE], by_name[D.hybrid_name(1)], by_name[D.CONVENTIONAL]
+    assert (pure["d"], hybrid["d"]) == (0, 1) and pure["explained_from"].startswith("the image")
+    assert hybrid["explained_from"] == "layer 0's input (after ResNet-20 stage 1)"
+    assert hybrid["reference_layer"] == 2 and 0 <= hybrid["reference_localisation_mean"] <= 1
+    assert "reference_layer" not in pure
+    assert resnet["localisation_mean"] is None and resnet["explained_from"].startswith("nothing")
+    for r in (pure, hybrid):
+        assert r["n_grids"] == 2 and 0 <= r["localisation_mean"] <= 1 and 0 <= r["test_accuracy"] <= 1
+    assert hybrid["parameters"] == sum(p.numel() for p in models[D.hybrid_name(1)].parameters())
+
+    table = D.markdown_table(rows)
+    assert table.count("\n") == 1 + len(rows) and "| 3 (all) | `cifar10-resnet20-T64` |" in table
+    assert "layer 2: " in table
+    fig = D.plot_depth(rows)
+    assert len(fig.axes) == 2
+    with pytest.raises(ValueError, match="nothing to draw"):
+        D.plot_depth([resnet])
+
+    path = tmp_path / "depth.json"
+    path.write_text(json.dumps({"rows": rows}))
+    assert D.read_results(path)["rows"] == json.loads(json.dumps(rows))
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="depth.json: expected a JSON object"):
+        D.read_results(path)
+    assert D.read_results(tmp_path / "missing.json") is None
+
+
+def test_find_model_prefers_shipped_then_a_finished_run(tmp_path):
+    assert D.find_model(D.PURE, tmp_path) == D.PURE
+    name = D.hybrid_name(3)
+    assert D.find_model(name, tmp_path) is None
+    (tmp_path / name).mkdir()
+    torch.save({"epoch": D.EPOCHS - 1}, tmp_path / name / "last.pt")
+    assert D.find_model(name, tmp_path) is None, "an unfinished run is not evaluated"
+    torch.save({"epoch": D.EPOCHS}, tmp_path / name / "last.pt")
+    assert D.find_model(name, tmp_path) == str(tmp_path / name / "last.pt")
+    assert D.model_names() == [D.PURE, *(D.hybrid_name(d) for d in (1, 2, 3)), D.CONVENTIONAL]
