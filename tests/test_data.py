@@ -365,3 +365,34 @@ def test_tinyimagenet_images_of_mixed_sizes_name_the_file(tmp_path):
     Image.new("RGB", (32, 48), (0, 0, 0)).save(odd)
     with pytest.raises(ValueError, match=f"{odd} is 32x48 pixels.*expected images of one size"):
         load_tinyimagenet(tmp_path, "train")
+
+
+def test_jpeg_pack_round_trip_and_fallback(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    # Smooth images (JPEG's case): a colour per image plus a gentle gradient.
+    base = torch.rand(12, 3, 1, 1, generator=g) * 200 + torch.linspace(0, 40, 32).view(1, 1, 1, 32)
+    images = base.expand(12, 3, 32, 32).round().clamp(0, 255).to(torch.uint8).contiguous()
+    ds = ImageDataset(images, torch.arange(12) % 10, CIFAR10_CLASSES)
+    path = data.pack_jpeg(ds, tmp_path / "cifar10-jpeg" / "test.npz", quality=95)
+    assert not [p for p in path.parent.iterdir() if p.name != "test.npz"], "no temporary file left"
+    decoded, labels, classes = data.read_jpeg_pack(path)
+    assert decoded.shape == (12, 32, 32, 3) and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(int) - images.permute(0, 2, 3, 1).numpy().astype(int)).mean() < 2.0
+    assert labels.tolist() == ds.labels.tolist() and classes == CIFAR10_CLASSES
+    # load_cifar10 falls back to the pack where the cache is missing, without trying a download.
+    loaded = load_cifar10("test", tmp_path, download=True)
+    assert torch.equal(loaded.images, torch.from_numpy(decoded).permute(0, 3, 1, 2))
+    with pytest.raises(FileNotFoundError):
+        load_cifar10("train", tmp_path, download=False)
+
+
+def test_jpeg_pack_rejects_bad_quality_and_files(tmp_path):
+    ds = ImageDataset(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]), CIFAR10_CLASSES)
+    with pytest.raises(ValueError, match=r"quality must be an int in \[1, 95\]"):
+        data.pack_jpeg(ds, tmp_path / "x.npz", quality=100)
+    np.savez(tmp_path / "bad.npz", labels=np.zeros(2))
+    with pytest.raises(ValueError, match="bad.npz is not a readable JPEG pack"):
+        data.read_jpeg_pack(tmp_path / "bad.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.npz is not a readable JPEG pack"):
+        data.read_jpeg_pack(tmp_path / "junk.npz")
