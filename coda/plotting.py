@@ -548,49 +548,6 @@ def plot_depth_tradeoff(hybrids: Sequence[Mapping], baselines: Sequence[Mapping]
     return fig
 
 
-def plot_recipe_study(rows_by_recipe: Mapping[str, Sequence[Mapping]], target_localisation: float | None = 0.85,
-                      target_accuracy: float | None = 0.90, published_localisation: float | None = 0.912):
-    """Localisation and test accuracy against training CPU-hours, one line per recipe.
-
-    Parameters
-    ----------
-    rows_by_recipe : ``{recipe name: rows}`` as :func:`coda.recipes.read_rows` returns them:
-        dicts with ``cpu_hours``, ``localisation_mean``, ``test_accuracy``, ``n_grids``.
-        Recipes without rows are left out.
-    target_localisation, target_accuracy, published_localisation : drawn dashed (targets), dotted (paper).
-
-    Returns
-    -------
-    The figure (two panels).
-    """
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loc, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    drawn = [(name, rows) for name, rows in rows_by_recipe.items() if rows]
-    for i, (name, rows) in enumerate(drawn):
-        rows = sorted(rows, key=lambda r: r["cpu_hours"])
-        style = dict(color=PALETTE[i % len(PALETTE)], marker="o", label=name)
-        located = [r for r in rows if r["localisation_mean"] is not None]  # None: no grid could be built
-        ax_loc.plot([r["cpu_hours"] for r in located], [r["localisation_mean"] for r in located], **style)
-        ax_acc.plot([r["cpu_hours"] for r in rows], [100 * r["test_accuracy"] for r in rows], **style)
-    if target_localisation is not None:
-        ax_loc.axhline(target_localisation, color="0.4", ls="--", lw=1, label=f"target {target_localisation:g}")
-    if published_localisation is not None:
-        ax_loc.axhline(published_localisation, color="0.4", ls=":", lw=1, label=f"paper {published_localisation:g}")
-    if target_accuracy is not None:
-        ax_acc.axhline(100 * target_accuracy, color="0.4", ls="--", lw=1, label="_target")
-        ax_acc.annotate(f"target {100 * target_accuracy:g}%", (0.01, 100 * target_accuracy), xycoords=("axes fraction", "data"),
-                        xytext=(0, -12), textcoords="offset points", fontsize="small", color="0.3")
-    ax_loc.set(xlabel="training CPU-hours beyond the 5-epoch start", ylabel="localisation (mean, 100 grids)",
-               title="Localisation of the contributions")
-    ax_acc.set(xlabel="training CPU-hours beyond the 5-epoch start", ylabel="test accuracy (%)",
-               title="Test accuracy (10,000 images)")
-    handles, labels = ax_loc.get_legend_handles_labels()  # one legend, below the panels, off the data
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize="small", frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    return fig
-
-
 def __getattr__(name: str):
     """The interactive explorers, importable from here as before (they live in :mod:`coda.widgets`)."""
     if name in ("dau_explorer", "contribution_explorer"):

@@ -13,7 +13,6 @@ import torch
 matplotlib.use("Agg")
 
 import coda.recipes as R  # noqa: E402
-from coda import plotting  # noqa: E402
 from coda.checkpoint import load_checkpoint  # noqa: E402
 from coda.train import TrainConfig  # noqa: E402
 from tests.test_train import toy_data  # noqa: E402
@@ -87,8 +86,11 @@ def test_table_and_figure(tiny):
     assert "| tiny | 0.33 | 0.00 |" in table and table.endswith("| - | 0 |")  # 16 of 48 images; no grid
     rows = R.read_rows("tiny", tiny["results_dir"])
     rows = [{**r, "localisation_mean": 0.5} for r in rows] + [{**rows[0], "cpu_hours": 1.0, "localisation_mean": 0.6}]
-    fig = plotting.plot_recipe_study({"tiny": rows, "empty": []})
-    ax_loc, ax_acc = fig.axes
+    assert rows[0]["machine"].endswith(", fp32")  # the CPU and precision behind the CPU-hours
+    fig = R.plot_recipe_study({"tiny": rows, "empty": []})
+    ax_loc, ax_acc, ax_loc_epochs, ax_acc_epochs = fig.axes
+    assert "epochs" in ax_loc_epochs.get_xlabel() and "CPU-hours" in ax_loc.get_xlabel()
+    assert list(ax_loc_epochs.get_lines()[0].get_xdata()) == [rows[0]["epochs_done"]] * 2
     lines = [line for line in ax_loc.get_lines() if line.get_label() == "tiny"]
     assert len(lines) == 1 and list(lines[0].get_ydata()) == [0.5, 0.6]
     assert ax_loc.get_ylabel() and ax_acc.get_ylabel() and ax_loc.get_xlabel()
