@@ -8,6 +8,7 @@ options and ``--help``::
     coda sweeps train temperature ...     # the ablation sweeps
     coda pretrained list                  # the shipped models
     coda workbook                         # run every notebook, regenerate the figures
+    coda workbook student student         # the notebooks without the worked answers, into student/
     coda published list                   # the authors' models (non-commercial research and education only)
 """
 
@@ -25,7 +26,7 @@ COMMANDS = {
     "evaluate": ("coda.evaluate", "localisation and pixel removal of the explanations, against post-hoc methods"),
     "sweeps": ("coda.sweeps", "the temperature, rank and depth sweeps: train, evaluate, tables"),
     "pretrained": ("coda.pretrained", "the shipped models: list, evaluate, export, resave, retire"),
-    "workbook": ("coda.workbook", "run the notebooks in order and regenerate the figures"),
+    "workbook": ("coda.workbook", "run the notebooks in order, regenerate the figures; `student`: without answers"),
     "published": ("coda.published", "the authors' published models: list, download (non-commercial use only)"),
     "recipes": ("coda.recipes", "the reproduction's recipe study: train, save, status, table, figure"),
     "depth": ("coda.depth", "interpretable depth, the ResNet-20 hybrids: status, evaluate, table, figure"),

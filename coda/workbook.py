@@ -5,12 +5,15 @@
     python -m coda.workbook                      # all notebooks, full mode
     python -m coda.workbook --smoke              # short runs (what CI does)
     python -m coda.workbook --only 01 03 --out build/notebooks --fig-dir figures
+    python -m coda.workbook student student      # the notebooks without the worked answers
 
 Executed copies go to ``--out`` (an ignored build folder; the committed notebooks stay
 without outputs); figures go to ``--fig-dir``. The notebooks get the parameters ``SMOKE``
 (when ``--smoke``/``--full`` is given; otherwise they default to the ``CI`` environment
 variable), ``FIG_DIR``, ``DATA_DIR`` (when given) and any ``-p NAME VALUE``. A failing
 notebook is reported with its failing cell and error, and the command exits with status 1.
+``student OUT_DIR`` writes the student version instead (:mod:`coda.course`): the notebooks
+without the worked answers of their exercises, outputs cleared.
 
 The module also holds what the notebooks share that is not the lesson: :func:`start_lesson`,
 the set-up cell after every parameters cell (smoke mode, seeds, device, figure style), and
@@ -338,7 +341,14 @@ def _parse_value(text: str) -> object:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=cli.prog("workbook"), description=__doc__.split("\n\n")[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["student"]:
+        from coda import course
+
+        return course.main(argv[1:])
+    p = argparse.ArgumentParser(prog=cli.prog("workbook"), description=__doc__.split("\n\n")[0],
+                                epilog="`student OUT_DIR` as the first argument writes the student version of "
+                                "the notebooks instead (without the worked answers; see its --help).")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--smoke", dest="smoke", action="store_true", default=None,
                       help="short runs (SMOKE=True), as in CI")
