@@ -9,6 +9,7 @@ options and ``--help``::
     coda pretrained list                  # the shipped models
     coda workbook                         # run every notebook, regenerate the figures
     coda workbook student student         # the notebooks without the worked answers, into student/
+    coda workbook book                    # the executed notebooks as an HTML site, into build/book/
     coda published list                   # the authors' models (non-commercial research and education only)
 """
 
@@ -26,7 +27,8 @@ COMMANDS = {
     "evaluate": ("coda.evaluate", "localisation and pixel removal of the explanations, against post-hoc methods"),
     "sweeps": ("coda.sweeps", "the temperature, rank and depth sweeps: train, evaluate, tables"),
     "pretrained": ("coda.pretrained", "the shipped models: list, evaluate, export, resave, retire"),
-    "workbook": ("coda.workbook", "run the notebooks in order, regenerate the figures; `student`: without answers"),
+    "workbook": ("coda.workbook", "run the notebooks in order, regenerate the figures; `student`: without answers; "
+                 "`book`: the HTML site"),
     "published": ("coda.published", "the authors' published models: list, download (non-commercial use only)"),
     "recipes": ("coda.recipes", "the reproduction's recipe study: train, save, status, table, figure"),
     "depth": ("coda.depth", "interpretable depth, the ResNet-20 hybrids: status, evaluate, table, figure"),

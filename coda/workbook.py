@@ -6,6 +6,7 @@
     python -m coda.workbook --smoke              # short runs (what CI does)
     python -m coda.workbook --only 01 03 --out build/notebooks --fig-dir figures
     python -m coda.workbook student student      # the notebooks without the worked answers
+    python -m coda.workbook book --smoke         # the executed notebooks as an HTML site, build/book/
 
 Executed copies go to ``--out`` (an ignored build folder; the committed notebooks stay
 without outputs); figures go to ``--fig-dir``. The notebooks get the parameters ``SMOKE``
@@ -13,7 +14,8 @@ without outputs); figures go to ``--fig-dir``. The notebooks get the parameters 
 variable), ``FIG_DIR``, ``DATA_DIR`` (when given) and any ``-p NAME VALUE``. A failing
 notebook is reported with its failing cell and error, and the command exits with status 1.
 ``student OUT_DIR`` writes the student version instead (:mod:`coda.course`): the notebooks
-without the worked answers of their exercises, outputs cleared.
+without the worked answers of their exercises, outputs cleared. ``book`` builds the executed
+copies into a static HTML site (:mod:`coda.book`), running the notebooks first where needed.
 
 The module also holds what the notebooks share that is not the lesson: :func:`start_lesson`,
 the set-up cell after every parameters cell (smoke mode, seeds, device, figure style), and
@@ -218,17 +220,82 @@ def find_notebooks(notebook_dir: str | Path = PROJECT_ROOT / "notebooks",
 
 @contextlib.contextmanager
 def _kernel_environment(extra_path: Path) -> Iterator[None]:
-    """Put the project on the kernel's PYTHONPATH, so ``import coda`` needs no install."""
-    old = os.environ.get("PYTHONPATH")
-    parts = [str(extra_path)] + ([old] if old else [])
-    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+    """The kernels' environment (inherited from ``os.environ``, restored afterwards): the project
+    on ``PYTHONPATH``, so ``import coda`` needs no install, and ``TQDM_DISABLE=1``, so that a
+    progress bar whose ``disable`` is not given explicitly stays out of the executed copies."""
+    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "TQDM_DISABLE")}
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(extra_path)] + ([old["PYTHONPATH"]] if old["PYTHONPATH"] else []))
+    os.environ["TQDM_DISABLE"] = "1"
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# A tqdm bar as text: "desc:  40%|####      | 2/5 [00:01<00:01, 2.0it/s]", or "12it [00:01, ...]" without a total.
+_TQDM_BAR = re.compile(r"\d+%\|.*\|\s*[\d.]+[kMGT]?/[\d.?]+[kMGT]?\s*\[|\b[\d.]+[kMGT]?it \[[\d:]+")
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _without_bars(text: str) -> str:
+    """``text`` less its tqdm bars: each line shows what a terminal would after its last ``\\r``,
+    bars dropped; a line that only ever held bars (or the blanks tqdm clears them with) goes."""
+    lines = []
+    for line in text.split("\n"):
+        parts = line.split("\r")
+        kept = [p for p in parts if not _TQDM_BAR.search(p)]
+        if len(kept) == len(parts):
+            lines.append(line)
+        elif any(p.strip() for p in kept):
+            lines.append([p for p in kept if p.strip()][-1])
+    return "\n".join(lines)
+
+
+def strip_progress_bars(nb) -> int:
+    """Remove tqdm progress bars from an executed notebook (in place); returns how many outputs changed.
+
+    In JupyterLab a bar is a live widget, and with ``leave=False`` it goes once done; an executed
+    copy keeps only the widget's text at its first display (``epoch 1/2:   0%| | 0/78``), or the
+    bar's ``\\r``-separated updates in a stream. Both go; the lines printed beside them (the
+    trainer's one line per epoch) stay. Widget models only those bars used leave the metadata.
+    """
+    changed = 0
+    for cell in nb.cells:
+        outputs = []
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if _WIDGET_VIEW in data and _TQDM_BAR.search("".join(data.get("text/plain", ""))):
+                changed += 1
+                continue
+            if out.get("output_type") == "stream":
+                text = _without_bars(out.text)
+                if text != out.text:
+                    changed += 1
+                    if not text.strip():
+                        continue
+                    out.text = text
+            outputs.append(out)
+        if "outputs" in cell:
+            cell.outputs = outputs
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state")
+    if changed and state:
+        used = {o["data"][_WIDGET_VIEW]["model_id"] for c in nb.cells for o in c.get("outputs", [])
+                if _WIDGET_VIEW in o.get("data", {})}
+        todo = list(used)
+        while todo:  # models reachable from a remaining view, through "IPY_MODEL_<id>" references
+            for ref in re.findall(r"IPY_MODEL_(\w+)", json.dumps(state.get(todo.pop(), {}))):
+                if ref not in used:
+                    used.add(ref)
+                    todo.append(ref)
+        for model_id in set(state) - used:
+            del state[model_id]
+        if not state:
+            del nb.metadata["widgets"]
+    return changed
 
 
 def describe_error(err: Exception, source_cells: Sequence[str] = ()) -> str:
@@ -262,6 +329,10 @@ def run_notebooks(
     log: Callable[[str], None] | None = print,
 ) -> list[NotebookResult]:
     """Execute the numbered notebooks in order with papermill (kernel ``python3``).
+
+    The kernels run with ``TQDM_DISABLE=1``, and the executed copies are written without the
+    progress bars that were enabled anyway (:func:`strip_progress_bars`): the trainer's bar shows
+    live in JupyterLab, and its per-epoch line is what an executed copy keeps.
 
     Parameters
     ----------
@@ -310,6 +381,10 @@ def run_notebooks(
             except Exception as err:  # papermill raises PapermillExecutionError and others
                 sources = [c.source for c in nbformat.read(path, as_version=4).cells]
                 error = describe_error(err, sources)
+            if out.exists():
+                executed = nbformat.read(out, as_version=4)
+                if strip_progress_bars(executed):
+                    nbformat.write(executed, out)
             seconds = time.perf_counter() - start
             results.append(NotebookResult(path.name, out, seconds, error))
             if error is None:
@@ -346,9 +421,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from coda import course
 
         return course.main(argv[1:])
+    if argv[:1] == ["book"]:
+        from coda import book
+
+        return book.main(argv[1:])
     p = argparse.ArgumentParser(prog=cli.prog("workbook"), description=__doc__.split("\n\n")[0],
                                 epilog="`student OUT_DIR` as the first argument writes the student version of "
-                                "the notebooks instead (without the worked answers; see its --help).")
+                                "the notebooks instead (without the worked answers; see its --help); `book` builds the executed "
+                                "notebooks into a static HTML site in build/book/ (coda.book; see its --help).")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--smoke", dest="smoke", action="store_true", default=None,
                       help="short runs (SMOKE=True), as in CI")

@@ -9,15 +9,18 @@ Two execution paths, each notebook executed once by the first:
   deterministic cells) with the ones papermill recorded, so they must be reproducible.
 """
 
+import html
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from coda import workbook
+from coda import book, workbook
 
 NOTEBOOKS = workbook.find_notebooks()
 REQUIRED_PARAMETERS = ("SMOKE", "SEED", "DATA_DIR", "FIG_DIR", "DEVICE")
@@ -112,3 +115,47 @@ def test_nbval_reproduces_the_checked_cells(smoke_run):
         cwd=Path(executed).parent, env=_child_env(), capture_output=True, text=True, timeout=CELL_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_executed_copies_keep_the_epoch_lines_and_no_progress_bar(smoke_run):
+    """The trainer's bar (tqdm.auto, leave=False) renders live in JupyterLab; the executed copy
+    keeps only the line it prints per epoch."""
+    tmp, results = smoke_run
+    executed = nbformat.read(next(r.output for r in results if r.name.startswith("02_")), as_version=4)
+    texts = []
+    for cell in executed.cells:
+        for out in cell.get("outputs", []):
+            texts.append(out.get("text", "") + "".join(out.get("data", {}).get("text/plain", "")))
+            data = out.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data:
+                assert "Box(" in data.get("text/plain", ""), f"a widget that is not an explorer: {data}"
+    text = "\n".join(texts)
+    for bar in ("it/s]", "|\u2588", "%|"):
+        assert bar not in text, f"a progress bar ({bar!r}) in 02's executed copy"
+    assert not re.search(r"\b0/\d+ \[", text), "a frozen 0/N bar in 02's executed copy"
+    assert re.search(r"^epoch +1/\d+ ", text, re.M), "the trainer's per-epoch line"
+
+
+@pytest.mark.slow
+def test_the_book_builds_from_the_smoke_run(smoke_run, tmp_path):
+    """coda workbook book, as CI builds it: the smoke run's executed copies rendered, not rerun."""
+    tmp, results = smoke_run
+    start = time.perf_counter()
+    site = book.build_book([r.output for r in results], tmp_path / "book", smoke=True, log=print)
+    print(f"book built in {time.perf_counter() - start:.1f} s")
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert "smoke-mode" in index
+    for r in results:
+        page = site / "notebooks" / (Path(r.name).stem + ".html")
+        assert page.exists(), f"no page for {r.name}"
+        assert f'href="notebooks/{page.name}"' in index, f"{r.name} is not in the landing page's contents"
+        text = html.unescape(page.read_text(encoding="utf-8"))
+        title = nbformat.read(r.output, as_version=4).cells[0].source.splitlines()[0].removeprefix("# ")
+        assert title.split(" \u00b7 ")[-1].split("?")[0] in text, f"{r.name}: title {title!r} missing"
+        images = re.findall(r'<img [^>]*src="\.\./(_images/[^"]+\.png)"', text)
+        assert images, f"{r.name}: no figure"
+        assert all((site / img).exists() for img in images)
+    assert (site / "docs" / "method.html").exists()
+    assert (site / "_static" / "mathjax" / "tex-chtml.js").exists(), "MathJax is bundled"
+    assert book.external_references(site) == [], "the site loads something from the network"

@@ -1,6 +1,7 @@
 """coda.workbook: finding the numbered notebooks, injecting parameters, reporting failures."""
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -54,21 +55,29 @@ def test_runner_injects_parameters_and_reports_the_failing_notebook_and_cell(tmp
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     _notebook(notebooks / "01_ok.ipynb",
-              "import json, pathlib\n"
+              "import json, os, pathlib\n"
               "pathlib.Path(FIG_DIR).mkdir(parents=True, exist_ok=True)\n"
-              "(pathlib.Path(FIG_DIR) / 'params.json').write_text(json.dumps({'SMOKE': SMOKE, 'EXTRA': EXTRA}))",
+              "(pathlib.Path(FIG_DIR) / 'params.json').write_text(json.dumps({'SMOKE': SMOKE, 'EXTRA': EXTRA,\n"
+              "    'TQDM_DISABLE': os.environ.get('TQDM_DISABLE')}))",
+              "from tqdm.auto import tqdm\n"  # a bar enabled explicitly, as the trainer's: stripped afterwards
+              "for _ in tqdm(range(3), desc='epoch 1/1', disable=False, leave=False):\n    pass\n"
+              "print('epoch   1/1  loss 0.5')",
               parameters="SMOKE = False\nFIG_DIR = 'figures'\nEXTRA = 0")
     _notebook(notebooks / "02_fails.ipynb", "x = 1", "raise RuntimeError('deliberate failure')", "print('unreachable')")
     _notebook(notebooks / "03_never.ipynb", "print('never run')")
     fig_dir = tmp_path / "figs"
     out = tmp_path / "build"
+    tqdm_before = os.environ.get("TQDM_DISABLE")
 
     code = workbook.main(["--notebooks", str(notebooks), "--out", str(out), "--fig-dir", str(fig_dir),
                           "--smoke", "-p", "EXTRA", "7", "--no-progress"])
     captured = capsys.readouterr()
 
     assert code == 1
-    assert json.loads((fig_dir / "params.json").read_text()) == {"SMOKE": True, "EXTRA": 7}
+    assert json.loads((fig_dir / "params.json").read_text()) == {"SMOKE": True, "EXTRA": 7, "TQDM_DISABLE": "1"}
+    assert os.environ.get("TQDM_DISABLE") == tqdm_before, "the kernels' environment is restored"
+    outputs = nbformat.read(out / "01_ok.ipynb", as_version=4).cells[-1].outputs  # the cell with the bar
+    assert [o.get("text") for o in outputs] == ["epoch   1/1  loss 0.5\n"], "no progress bar, the epoch line"
     assert (out / "01_ok.ipynb").exists() and (out / "02_fails.ipynb").exists()
     assert not (out / "03_never.ipynb").exists(), "the runner stops at the first failure"
     assert "FAILED: 02_fails.ipynb, cell 3" in captured.err
@@ -79,6 +88,34 @@ def test_runner_injects_parameters_and_reports_the_failing_notebook_and_cell(tmp
     assert "ok" in lines["01_ok.ipynb"] and "FAILED" in lines["02_fails.ipynb"]
     assert "03_never.ipynb" not in lines
     assert "total" in lines
+
+
+def test_strip_progress_bars_keeps_the_lines_printed_beside_them():
+    bar = nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "bar", "version_major": 2, "version_minor": 0},
+        "text/plain": "epoch 1/2:   0%|          | 0/78 [00:00<?, ?it/s]"})
+    slider = nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "box", "version_major": 2, "version_minor": 0},
+        "text/plain": "VBox(children=(FloatSlider(value=60.0),))"})
+    stream = nbformat.v4.new_output("stream", name="stderr", text=(
+        "\rremoval:  50%|#####     | 1/2 [00:01<00:01,  1.00it/s]\rremoval: 100%|##########| 2/2 [00:02<00:00]"
+        "\r                                        \rdone\nwarning: kept\n"))
+    only_bar = nbformat.v4.new_output("stream", name="stderr", text="\r12it [00:01, 9.5it/s]\r   \r")
+    epoch = nbformat.v4.new_output("stream", name="stdout", text="epoch   1/2  loss 0.3250  test 0.094\n")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("train()", outputs=[bar, epoch, stream, only_bar]),
+                nbformat.v4.new_code_cell("explorer", outputs=[slider]), nbformat.v4.new_markdown_cell("text")]
+    state = {"bar": {"state": {"children": ["IPY_MODEL_progress"]}}, "progress": {"state": {}},
+             "box": {"state": {"children": ["IPY_MODEL_slider"]}}, "slider": {"state": {}}}
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": state}}
+
+    assert workbook.strip_progress_bars(nb) == 3
+    assert nb.cells[0].outputs[0].text == epoch.text
+    assert nb.cells[0].outputs[1].text == "done\nwarning: kept\n"
+    assert len(nb.cells[0].outputs) == 2 and nb.cells[1].outputs == [slider]
+    kept = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert set(kept) == {"box", "slider"}, "only the bars' widget models go"
+    assert workbook.strip_progress_bars(nb) == 0
 
 
 # ----- what the notebooks share ---------------------------------------------------------------
