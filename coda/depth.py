@@ -180,7 +180,6 @@ def plot_depth(rows: Sequence[Mapping]):
 
     from coda import plotting
 
-    plotting.use_style()
     coda_rows = sorted((r for r in rows if r["localisation_mean"] is not None), key=lambda r: r["d"])
     conventional = [r for r in rows if r["localisation_mean"] is None]
     if not coda_rows:
@@ -255,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         from coda import plotting
 
+        plotting.use_style()  # the workbook's style, as the notebooks use it
         print(plotting.save_figure(plot_depth(record["rows"]), "depth_hybrids", a.out))
 
 

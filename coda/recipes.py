@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from coda import plotting
 
+        plotting.use_style()  # the workbook's style, as the notebooks use it
         fig = plot_recipe_study({name: read_rows(name) for name in RECIPES})
         plotting.save_figure(fig, "recipes", a.out)
 
