@@ -282,7 +282,8 @@ def compact_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = to
     casts the weights back, starts a fresh optimiser and ramps the learning rate up again
     from 0 over :data:`REWARM_EPOCHS` epochs (:func:`rewarm_factor`: a fresh Adam's first
     updates are as large as the learning rate in every coordinate, which throws a trained
-    model out of its minimum); that restart is recorded in the history and the checkpoints.
+    model out of its minimum); each such restart is listed under ``restarts`` in the compact
+    checkpoint and in every checkpoint written after it.
     Raises ``ValueError`` if a weight does not fit ``dtype`` (use ``torch.bfloat16`` then).
     """
     ckpt = load_checkpoint(src)
@@ -393,8 +394,8 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
         correct = torch.tensor(sums["correct"], device=device)
         seen, t0 = sums["seen"], time.perf_counter() - sums["seconds"]
         for step in bar:
-            lr = learning_rate(cfg, epoch * steps_per_epoch + step, steps_per_epoch) * rewarm_factor(
-                epoch * steps_per_epoch + step, rewarm_start, steps_per_epoch)
+            global_step = epoch * steps_per_epoch + step
+            lr = learning_rate(cfg, global_step, steps_per_epoch) * rewarm_factor(global_step, rewarm_start, steps_per_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
