@@ -43,6 +43,7 @@ from coda.metrics import Grids, grids_from_logits, localisation_scores
 from coda.models import CoDANet
 
 PURE = "cifar10-9L-S-f8-T1000"  # d = 0: the pure CoDA-Net with the hybrids' budget
+PURE_LABEL = "pure CoDA-Net (9L-S)"  # d = 0 in tables and figures: no embedding, not a hybrid
 CONVENTIONAL = "cifar10-resnet20-T64"  # the all-conventional network whose stages embed the hybrids
 DEPTHS = (1, 2, 3)
 EPOCHS = 40  # the shared budget (data/training/README.md)
@@ -165,17 +166,38 @@ def markdown_table(rows: Sequence[Mapping]) -> str:
         ref = "-"
         if r.get("reference_layer") is not None:
             ref = f"layer {r['reference_layer']}: " + loc(r["reference_localisation_mean"], r["reference_localisation_median"])
-        d = f"{r['d']} (all)" if r["explained_from"].startswith("nothing") else str(r["d"])
+        d = f"{r['d']} (all)" if r["explained_from"].startswith("nothing") else (
+            f"0 ({PURE_LABEL})" if r["d"] == 0 else str(r["d"]))
         lines.append(f"| {d} | `{r['name']}` | {r['parameters']:,} | {100 * r['test_accuracy']:.2f}% | "
                      f"{loc(r['localisation_mean'], r['localisation_median'])} | {ref} | {r['n_grids'] or '-'} |")
     return "\n".join(lines)
 
 
+def depth_tick(d: int) -> str:
+    """The x tick of depth ``d``: "0\npure CoDA-Net (9L-S)" for the pure model, else "d"."""
+    return f"0\n{PURE_LABEL}" if d == 0 else str(d)
+
+
+def reference_sentences(rows: Sequence[Mapping]) -> list[str]:
+    """One sentence per hybrid with a reference: its localisation at its first CoDA layer's input
+    against the pure model explained from the same depth (its layer ``REFERENCE_LAYER[d]``), and
+    which is higher. Computed from :func:`evaluate_depth`'s rows; [] when no row has a reference."""
+    out = []
+    for r in sorted((r for r in rows if r.get("reference_layer") is not None), key=lambda r: r["d"]):
+        own, ref = r["localisation_mean"], r["reference_localisation_mean"]
+        verdict = ("localises better than" if own > ref else "localises worse than" if own < ref
+                   else "localises as well as")
+        out.append(f"The hybrid on {r['d']} ResNet-20 stage{'s' if r['d'] > 1 else ''}, explained at its layer 0 "
+                   f"({own:.3f}), {verdict} the pure model explained from its layer {r['reference_layer']} "
+                   f"({ref:.3f}), a difference of {own - ref:+.3f} on the same {r['n_grids']} grids.")
+    return out
+
+
 def plot_depth(rows: Sequence[Mapping]):
     """Accuracy and localisation against interpretable depth (the number d of ResNet-20 stages
-    before the first CoDA layer): hybrids and the pure model as points, the ResNet-20's
-    accuracy as a dashed line, the pure model explained from the same depth as the reference.
-    Returns the figure (two panels)."""
+    before the first CoDA layer): the pure model (d = 0, "pure CoDA-Net (9L-S)", a square) and
+    the hybrids (d >= 1, circles), the ResNet-20's accuracy as a dashed line, the pure model
+    explained from the same depth as the reference. Returns the figure (two panels)."""
     import matplotlib.pyplot as plt
 
     from coda import plotting
@@ -184,25 +206,38 @@ def plot_depth(rows: Sequence[Mapping]):
     conventional = [r for r in rows if r["localisation_mean"] is None]
     if not coda_rows:
         raise ValueError("nothing to draw: no model with CoDA layers in the rows")
-    depths = [r["d"] for r in coda_rows]
-    fig, (ax_acc, ax_loc) = plt.subplots(1, 2, figsize=(9, 3.6))
-    ax_acc.plot(depths, [100 * r["test_accuracy"] for r in coda_rows], "o-", label="CoDA layers on d stages")
+    pure = [r for r in coda_rows if r["d"] == 0]
+    hybrids = [r for r in coda_rows if r["d"] != 0]
+    fig, (ax_acc, ax_loc) = plt.subplots(1, 2, figsize=(9.5, 4.6), layout="constrained")
+    for ax, key, scale in ((ax_acc, "test_accuracy", 100), (ax_loc, "localisation_mean", 1)):
+        if pure:
+            ax.plot([0], [scale * pure[0][key]], "s", color=plotting.PALETTE[1], label=PURE_LABEL)
+        if hybrids:
+            ax.plot([r["d"] for r in hybrids], [scale * r[key] for r in hybrids], "o-", color=plotting.PALETTE[0],
+                    label="hybrid: CoDA layers on d ResNet-20 stages (explained at its layer 0)")
     for r in conventional:
         ax_acc.axhline(100 * r["test_accuracy"], color="0.4", ls="--", lw=1,
                        label=f"ResNet-20, no CoDA layer ({100 * r['test_accuracy']:.1f}%)")
-    ax_acc.set(xlabel="d: ResNet-20 stages before the first CoDA layer", ylabel="test accuracy (%)",
-               title="Accuracy")
-    ax_loc.plot(depths, [r["localisation_mean"] for r in coda_rows], "o-", label="hybrid, at its first CoDA layer")
     refs = [(r["d"], r["reference_localisation_mean"]) for r in coda_rows if r.get("reference_layer") is not None]
-    pure = [(r["d"], r["localisation_mean"]) for r in coda_rows if r["d"] == 0]
     if refs:
-        ax_loc.plot(*zip(*(pure + refs), strict=True), "^--", color="0.35", label="pure 9L-S, from the same depth")
+        start = [(0, pure[0]["localisation_mean"])] if pure else []
+        ax_loc.plot(*zip(*(start + refs), strict=True), "^--", color="0.35",
+                    label=f"{PURE_LABEL} explained from layer " + "/".join(
+                        str(REFERENCE_LAYER[d]) for d, _ in refs))
     ax_loc.axhline(plotting.CHANCE_3X3, color="0.5", ls=":", lw=1, label="chance (3x3 grid)")
-    ax_loc.set(xlabel="d: ResNet-20 stages before the first CoDA layer", ylabel="localisation (mean)",
-               ylim=(0, 1), title=f"Localisation ({coda_rows[0]['n_grids']} shared grids)")
+    xlabel = "d: ResNet-20 stages before the first CoDA layer"
+    ax_acc.set(xlabel=xlabel, ylabel="test accuracy (%)", title="Accuracy")
+    ax_loc.set(xlabel=xlabel, ylabel="localisation (mean share in the right cell)", ylim=(0, 1),
+               title=f"Localisation ({coda_rows[0]['n_grids']} shared grids)")
+    depths = sorted({r["d"] for r in coda_rows})
     for ax in (ax_acc, ax_loc):
-        ax.set_xticks(depths)
-        ax.legend(fontsize="small", loc="lower left")
+        ax.set_xticks(depths, [depth_tick(d) for d in depths])
+        ax.set_xlim(min(depths) - 0.4, max(depths) + 0.4)
+    labelled = {}  # one legend below both panels, never on the data
+    for ax in (ax_acc, ax_loc):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    fig.legend(labelled.values(), labelled.keys(), loc="outside lower center", ncol=2, fontsize="small")
     fig.suptitle("Interpretable depth: a deeper conventional embedding, a deeper explanation")
     return fig
 

@@ -161,6 +161,37 @@ def show_contribution_map(
     return im
 
 
+CONTRIBUTION_LABEL = "contribution to the logit"
+
+
+def add_colorbar(axes, image, label: str = CONTRIBUTION_LABEL, shared_limit: bool = True):
+    """One colour bar for a group of panels that share a colour scale; returns the ``Colorbar``.
+
+    Parameters
+    ----------
+    axes : one axes or a sequence (or array) of axes; the bar is drawn to the right of them all
+        and takes its space from them.
+    image : the ``AxesImage`` of one of the panels (what :func:`show_contribution_map` returns),
+        whose colour limits every panel of the group uses.
+    label : the bar's label; contribution maps are in logit units (they sum to logit - b0).
+    shared_limit : False when the panels of the group have limits of their own (each scaled to its
+        own percentile): the bar then shows the colour scale only, ticks at -max, 0 and +max, and
+        the label says "per panel".
+    """
+    axes_list = list(np.ravel(np.asarray(axes, dtype=object)))
+    if not axes_list:
+        raise ValueError("add_colorbar needs at least one axes")
+    fig = axes_list[0].figure
+    bar = fig.colorbar(image, ax=axes_list, fraction=0.046 if len(axes_list) == 1 else 0.025, pad=0.02)
+    if shared_limit:
+        bar.set_label(label)
+    else:
+        low, high = image.norm.vmin, image.norm.vmax
+        bar.set_ticks([low, 0.0, high], labels=["-max", "0", "+max"])
+        bar.set_label(f"{label} (scaled per panel)")
+    return bar
+
+
 def weights_to_rgb(weights, images=None, percentile: float = 99.5, background: float = 0.0) -> np.ndarray:
     """Show the dynamic linear weights ``W(x)`` over the encoded input ``[x, 1 - x]`` as colours.
 
@@ -212,6 +243,14 @@ def weights_to_rgb(weights, images=None, percentile: float = 99.5, background: f
 # ----- curves and summaries (also used by the evaluation notebook) --------------------------
 
 
+def legend_outside(ax, **kwargs):
+    """The axes' legend to the right of the axes, top-aligned, so that it never hides data.
+
+    Constrained layout (the workbook style) makes room for it. Returns the ``Legend``.
+    """
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
+
+
 def plot_learning_curves(history: Sequence[Mapping], axes=None, label: str = "", chance: float | None = None):
     """Loss and accuracy per epoch from a training history (:func:`coda.train.train`).
 
@@ -243,8 +282,9 @@ def plot_learning_curves(history: Sequence[Mapping], axes=None, label: str = "",
     if chance is not None:
         ax_acc.axhline(chance, color="0.5", ls="--", lw=1, label="chance")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
-    ax_acc.legend()
-    ax_loss.legend()
+    legend_outside(ax_acc)
+    if label:  # one line per run: name the runs (a single run's one loss curve needs no legend)
+        legend_outside(ax_loss)
     for ax in axes:
         if len(epochs) <= 12:
             ax.set_xticks(epochs)
@@ -270,7 +310,7 @@ def plot_per_class_accuracy(per_class: Mapping[str, float], ax=None, chance: flo
                 ha="right" if inside else "left", color="white" if inside else "black")
     if chance is not None:
         ax.axvline(chance, color="0.5", ls="--", lw=1, label="chance")
-        ax.legend(loc="lower right")
+        legend_outside(ax)
     ax.set(yticks=y, yticklabels=names, xlim=(0, 1), xlabel="accuracy", title=title)
     ax.grid(axis="y", visible=False)
     return ax
@@ -278,8 +318,11 @@ def plot_per_class_accuracy(per_class: Mapping[str, float], ax=None, chance: flo
 
 def plot_boxes(scores: Mapping[str, Sequence[float]], ax=None, chance: float | None = None,
                published: Mapping[str, float] | None = None, oracle: float | None = None,
-               ylabel: str = "score", title: str = ""):
+               ylabel: str = "score", title: str = "", paired: Mapping[str, float] | None = None,
+               paired_label: str = "Ours on the same data"):
     """Box plots of per-example scores by method, with chance and published values.
+
+    The legend sits outside the axes, to the right.
 
     Parameters
     ----------
@@ -287,6 +330,9 @@ def plot_boxes(scores: Mapping[str, Sequence[float]], ax=None, chance: float | N
     chance : a dashed horizontal line (e.g. 1/9).
     published : method name -> the published mean; drawn as a diamond on that method's box.
     oracle : a dotted horizontal line: the score of a perfect explanation (1 in the pointing game).
+    paired : method name -> the mean of a reference method on the same examples as that method
+        (e.g. the CoDA contributions on the same grids, where a method ran on fewer); drawn as a
+        square on that method's box, named ``paired_label`` in the legend.
     """
     import matplotlib.pyplot as plt
 
@@ -305,11 +351,20 @@ def plot_boxes(scores: Mapping[str, Sequence[float]], ax=None, chance: float | N
         xs = [i + 1 for i, n in enumerate(names) if n in published]
         ys = [published[n] for n in names if n in published]
         ax.scatter(xs, ys, marker="D", color=PALETTE[3], zorder=3, label="published mean")
-    if chance is not None or oracle is not None or published:
-        ax.legend(loc="best")
+    if paired:
+        xs = [i + 1 for i, n in enumerate(names) if n in paired]
+        ys = [paired[n] for n in names if n in paired]
+        ax.scatter(xs, ys, marker="s", facecolor="white", edgecolor=PALETTE[0], linewidth=1.5, zorder=3,
+                   label=paired_label)
+    if chance is not None or oracle is not None or published or paired:
+        legend_outside(ax)
     ax.set(ylabel=ylabel, title=title)
     ax.grid(axis="x", visible=False)
     return ax
+
+
+REMOVAL_LINESTYLES = ("-", "--", "-.", ":")
+REMOVAL_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
 
 
 def plot_removal_curves(fractions, curves: Mapping[str, Sequence[float]], ax=None,
@@ -317,26 +372,45 @@ def plot_removal_curves(fractions, curves: Mapping[str, Sequence[float]], ax=Non
                         ylabel: str = "true-class probability", title: str = "Pixel removal"):
     """Mean probability of the true class while pixels are removed, one curve per method.
 
+    Every method gets its own colour, line style and marker (a sparse marker every few points),
+    so that up to ten curves stay apart in print and for colour-blind readers, and a curve that
+    coincides with an earlier one (IxG and DeepLIFT on a CoDA-Net) stays visible on top of it:
+    its legend entry says which curve it is identical to. The legend sits outside the axes,
+    to the right.
+
     Parameters
     ----------
     fractions : (P,) fraction of pixels removed at every evaluation point.
     curves : method name -> (P,) mean probability.
     published : method name -> the published mean over the curve; shown in the legend next
         to the measured mean (the papers report the mean, not the curve).
+
+    Returns
+    -------
+    The axes.
     """
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.5))
+        _, ax = plt.subplots(figsize=(8, 3.8))
     x = 100 * np.asarray(_numpy(fractions), dtype=float)
-    for name, curve in curves.items():
+    drawn: dict[str, np.ndarray] = {}
+    for i, (name, curve) in enumerate(curves.items()):
         y = np.asarray(_numpy(curve), dtype=float)
         label = f"{name} (mean {y.mean():.3f}"
         if published and name in published:
             label += f"; published {published[name]:.3f}"
-        ax.plot(x, y, label=label + ")")
+        label += ")"
+        same = [other for other, seen in drawn.items() if seen.shape == y.shape and np.allclose(seen, y, atol=1e-6)]
+        if same:
+            label += f"\n  identical to {same[0]}: drawn over it"
+        every = max(1, len(x) // 8)
+        style = {"color": PALETTE[i % len(PALETTE)], "ls": REMOVAL_LINESTYLES[i % len(REMOVAL_LINESTYLES)],
+                 "marker": REMOVAL_MARKERS[i % len(REMOVAL_MARKERS)]}
+        ax.plot(x, y, label=label, markevery=(i % every, every), markersize=4, lw=1.4, zorder=2 + i, **style)
+        drawn[name] = y
     ax.set(xlabel="pixels removed (%), least important first", ylabel=ylabel, title=title, ylim=(0, 1))
-    ax.legend(fontsize=8)
+    legend_outside(ax, fontsize=8)
     return ax
 
 
@@ -386,7 +460,7 @@ def plot_temperature_sweep(rows: Sequence[Mapping], epochs: int,
                     label="published (9L-S, f = 32, 200 epochs)")
         ax.set(xscale="log", xlabel="temperature T", ylabel=label, ylim=(0, 1))
     axes[1].axhline(CHANCE_3X3, color="0.5", ls=":", lw=1, label="chance (3x3)")
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.14))  # above the chance line
     fig.suptitle(f"Temperature sweep ({epochs} epochs per run)")
     return fig
 
@@ -411,8 +485,8 @@ def plot_rank_sweep(rows: Sequence[Mapping], rank_factors: Sequence[int], epochs
     axes[0].plot(*_points(rows, "rank_factor", "test_accuracy"), "o-", label="test accuracy")
     axes[0].plot(*_points(rows, "rank_factor", "localisation_mean"), "s-", label="localisation (mean)")
     axes[0].axhline(CHANCE_3X3, color="0.5", ls=":", lw=1, label="chance (3x3)")
-    axes[0].set(ylim=(0, 1))
-    axes[0].legend(fontsize=8)
+    axes[0].set(ylim=(0, 1), ylabel="accuracy; localisation (share)")
+    axes[0].legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.14))  # above the chance line
     f, parameters = _points(rows, "rank_factor", "parameters")
     axes[1].plot(f, [p / 1e6 for p in parameters], "o-")
     axes[1].set(ylabel="parameters (millions)", ylim=(0, None))
@@ -427,14 +501,15 @@ def plot_rank_sweep(rows: Sequence[Mapping], rank_factors: Sequence[int], epochs
 
 def plot_layer_localisation(ax, labels: Sequence[str], means: Sequence[float],
                             medians: Sequence[float] | None = None, title: str = "",
-                            xlabel: str = "explained: input of", ylabel: str = "localisation",
+                            xlabel: str = "layer l (input of CoDA layer l)", ylabel: str = "localisation",
                             chance_label: str | None = None):
     """Localisation of the contributions explained at each layer's input, left to right.
 
     Parameters
     ----------
     ax : the axes to draw into.
-    labels : one tick label per explained layer ("input", "L1", ...).
+    labels : one tick label per explained layer, in the project's numbering (docs/method.md#layer-numbering:
+        "0" is the input of CoDA layer 0, the encoded image of a pure model).
     means, medians : the pointing-game score per layer; medians are drawn only if given.
     chance_label : the legend label of the chance line (None: not in a legend).
     """
@@ -497,7 +572,8 @@ def _plot_hybrids(ax, hybrids: Sequence[Mapping], cnn_rows: Sequence[Mapping], s
     for r in cnn_rows:
         ax.axhline(r["test_accuracy"], color="0.4", ls="--", lw=1, label="accuracy of the CNN baseline")
     ax.set_xticks(depths)
-    ax.set(xlabel="stem depth d (conventional layers)", title=f"hybrids ({hybrids[0]['epochs']} epochs each)")
+    ax.set(xlabel="stem depth d (conventional layers)", ylabel="localisation; accuracy (share)",
+           title=f"hybrids ({hybrids[0]['epochs']} epochs each)")
     ax.axhline(CHANCE_3X3, color="0.5", ls=":", lw=1, label="chance (3x3 grid)")
     ax.set_ylim(0, 1)
     # The legend goes between the curves and the chance line, where nothing is drawn.

@@ -110,3 +110,47 @@ def test_find_model_prefers_shipped_then_a_finished_run(tmp_path):
     torch.save({"epoch": D.EPOCHS}, tmp_path / name / "last.pt")
     assert D.find_model(name, tmp_path) == str(tmp_path / name / "last.pt")
     assert D.model_names() == [D.PURE, *(D.hybrid_name(d) for d in (1, 2, 3)), D.CONVENTIONAL]
+
+
+def _depth_rows():
+    """Rows as evaluate_depth writes them: the pure model, two hybrids with references, the ResNet-20."""
+    pure = {"name": D.PURE, "d": 0, "parameters": 2_034_960, "test_accuracy": 0.86, "explained_from": "the image",
+            "localisation_mean": 0.63, "localisation_median": 0.64, "n_grids": 100}
+    hybrids = [{"name": D.hybrid_name(d), "d": d, "parameters": 1, "test_accuracy": acc, "explained_from": "layer 0",
+                "localisation_mean": loc, "localisation_median": loc, "n_grids": 100,
+                "reference_layer": D.REFERENCE_LAYER[d], "reference_localisation_mean": ref,
+                "reference_localisation_median": ref} for d, acc, loc, ref in ((1, 0.87, 0.50, 0.60), (3, 0.88, 0.45, 0.40))]
+    resnet = {"name": D.CONVENTIONAL, "d": 3, "parameters": 270_154, "test_accuracy": 0.876,
+              "explained_from": "nothing (no CoDA layer)", "localisation_mean": None, "localisation_median": None,
+              "n_grids": 0}
+    return [pure, *hybrids, resnet]
+
+
+def test_plot_depth_calls_depth_zero_the_pure_model_not_a_hybrid():
+    fig = D.plot_depth(_depth_rows())
+    acc, loc = fig.axes
+    for ax in (acc, loc):
+        ticks = [t.get_text() for t in ax.get_xticklabels()]
+        assert ticks == [f"0\n{D.PURE_LABEL}", "1", "3"]
+        assert ax.get_ylabel() and ax.get_xlabel()
+        hybrid_line = next(line for line in ax.lines if line.get_label().startswith("hybrid"))
+        assert 0 not in list(hybrid_line.get_xdata()), "d = 0 is not a hybrid"
+    pure_line = next(line for line in acc.lines if line.get_label() == D.PURE_LABEL)
+    assert list(pure_line.get_xdata()) == [0] and list(pure_line.get_ydata()) == [86.0]
+    ref = next(line for line in loc.lines if "explained from layer" in line.get_label())
+    assert list(ref.get_xdata()) == [0, 1, 3] and list(ref.get_ydata()) == [0.63, 0.60, 0.40]
+    assert "layer 2/8" in ref.get_label()
+    (legend,) = fig.legends  # one legend for both panels, below them
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert D.PURE_LABEL in texts and len(texts) == len(set(texts)) == 5
+    assert any(t.startswith("ResNet-20, no CoDA layer (87.6%)") for t in texts)
+    table = D.markdown_table(_depth_rows())
+    assert f"| 0 ({D.PURE_LABEL}) |" in table and "| 1 |" in table
+
+
+def test_reference_sentences_say_which_is_higher_from_the_numbers():
+    worse, better = D.reference_sentences(_depth_rows())
+    assert "1 ResNet-20 stage," in worse and "localises worse than" in worse and "layer 2 (0.600)" in worse
+    assert "-0.100" in worse
+    assert "3 ResNet-20 stages" in better and "localises better than" in better and "+0.050" in better
+    assert D.reference_sentences(_depth_rows()[:1]) == []  # no hybrid, no sentence

@@ -267,3 +267,72 @@ def test_explorers_live_in_widgets_and_stay_importable_from_plotting():
     assert plotting.contribution_explorer is widgets.contribution_explorer
     with pytest.raises(AttributeError):
         plotting.no_such_figure  # noqa: B018
+
+
+def test_add_colorbar_spans_a_row_with_its_limits():
+    fig, axes = plt.subplots(1, 3, figsize=(6, 2))
+    maps = np.random.default_rng(0).normal(size=(3, 8, 8))
+    limit = plotting.symmetric_limit(maps)
+    images = [plotting.show_contribution_map(ax, m, limit=limit) for ax, m in zip(axes, maps, strict=True)]
+    bar = plotting.add_colorbar(axes, images[0])
+    assert bar.ax.get_ylabel() == plotting.CONTRIBUTION_LABEL
+    assert bar.norm.vmin == pytest.approx(-limit) and bar.norm.vmax == pytest.approx(limit)
+    assert len(fig.axes) == 4  # three maps and one bar for the row
+
+
+def test_add_colorbar_per_panel_scale_says_so():
+    fig, ax = plt.subplots(figsize=(2, 2))
+    image = plotting.show_contribution_map(ax, np.arange(16.0).reshape(4, 4) - 8)
+    bar = plotting.add_colorbar(ax, image, shared_limit=False)
+    assert "per panel" in bar.ax.get_ylabel()
+    assert [t.get_text() for t in bar.ax.get_yticklabels()] == ["-max", "0", "+max"]
+    with pytest.raises(ValueError, match="at least one axes"):
+        plotting.add_colorbar([], image)
+
+
+def _legend_is_outside(ax) -> bool:
+    """The legend's box lies right of the axes' box (drawn first, so that both have their sizes)."""
+    fig = ax.figure
+    fig.canvas.draw()
+    legend = ax.get_legend()
+    box, frame = legend.get_window_extent(), ax.get_window_extent()
+    return box.x0 >= frame.x1 - 1 and not box.overlaps(frame)
+
+
+def test_removal_curves_keep_ten_methods_apart_and_mark_identical_ones():
+    fractions = np.linspace(0, 0.25, 129)
+    rng = np.random.default_rng(0)
+    curves = {f"method {i}": np.clip(0.8 + 0.01 * i + 0.02 * rng.normal(size=129), 0, 1) for i in range(9)}
+    curves["copy of method 2"] = curves["method 2"].copy()  # as DeepLIFT repeats IxG on a CoDA-Net
+    ax = plotting.plot_removal_curves(fractions, curves)
+    styles = [(line.get_color(), line.get_linestyle()) for line in ax.lines]
+    assert len(styles) == 10 and len(set(styles)) == 10, styles
+    assert len({line.get_color() for line in ax.lines}) == 10  # ten colours as well
+    assert len({line.get_marker() for line in ax.lines}) == 10
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "identical to method 2" in texts[-1]
+    assert not any("identical" in t for t in texts[:-1])  # the others differ
+    assert _legend_is_outside(ax)
+
+
+def test_summary_legends_sit_outside_the_axes():
+    history = [{"epoch": e, "train_loss": 0.3 / e, "train_accuracy": 0.2 * e, "test_accuracy": 0.15 * e}
+               for e in (1, 2, 3)]
+    ax_loss, ax_acc = plotting.plot_learning_curves(history, chance=0.1).axes
+    assert ax_loss.get_legend() is None  # one run, one loss curve: nothing to tell apart
+    assert _legend_is_outside(ax_acc)
+    ax_loss2, _ = plotting.plot_learning_curves(history, label="live").axes
+    assert _legend_is_outside(ax_loss2)
+    assert _legend_is_outside(plotting.plot_per_class_accuracy({"cat": 0.5, "dog": 0.95}, chance=0.1))
+    scores = {"Ours": np.random.default_rng(0).uniform(size=50), "Grad": np.full(50, 0.2)}
+    assert _legend_is_outside(plotting.plot_boxes(scores, chance=1 / 9, oracle=1.0))
+
+
+def test_boxes_mark_the_paired_reference_on_the_same_data():
+    scores = {"Ours": np.full(45, 0.6), "Occ9": np.full(9, 0.9)}
+    ax = plotting.plot_boxes(scores, published={"Occ9": 0.84}, paired={"Occ9": 0.83},
+                             paired_label="Ours on the same grids")
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["published mean", "Ours on the same grids"]
+    (marks,) = [c for c in ax.collections if c.get_label() == "Ours on the same grids"]
+    assert marks.get_offsets().tolist() == [[2.0, 0.83]]  # on the Occ9 box
