@@ -20,7 +20,7 @@ pixels: the deeper the embedding, the deeper the explanation starts. The study m
     python -m coda.depth status      # which of the models exist (shipped or finished runs)
     python -m coda.depth evaluate    # results/depth/depth.json
     python -m coda.depth table       # the README's markdown table
-    python -m coda.depth figure      # figures/depth_hybrids.png
+    python -m coda.depth figure      # figures/04_depth_tradeoff.png (as notebook 04 saves it)
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     e.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
     e.add_argument("--out", type=Path, default=RESULTS)
     sub.add_parser("table", help="the markdown table of the stored results")
-    f = sub.add_parser("figure", help="figures/depth_hybrids.png from the stored results")
+    f = sub.add_parser("figure", help="figures/04_depth_tradeoff.png from the stored results (the figure notebook 04 saves)")
     f.add_argument("--out", default=str(PROJECT_ROOT / "figures"))
     a = p.parse_args(argv)
     if a.command == "status":
@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from coda import plotting
 
         plotting.use_style()  # the workbook's style, as the notebooks use it
-        print(plotting.save_figure(plot_depth(record["rows"]), "depth_hybrids", a.out))
+        print(plotting.save_figure(plot_depth(record["rows"]), "04_depth_tradeoff", a.out))
 
 
 if __name__ == "__main__":
