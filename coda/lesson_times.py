@@ -10,8 +10,8 @@ time per notebook, mode (full or smoke) and kind of machine, in ``results/workbo
 * each lesson prints :func:`timing_sentence` at its start: what it took on each kind of machine
   measured so far, or that no measurement exists yet.
 
-Times are those of one run on an otherwise idle machine; the record says which CPU, how many
-threads and when.
+Times are those of one run, with the lessons' default parameters, on an otherwise idle machine; the
+record says which CPU, how many CPUs and when.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def record_times(results: Sequence, smoke: bool, device: str = "cpu", path: Path
     path : the record file; written atomically.
 
     Returns the entry written: ``{"notebooks": {name: seconds}, "total_seconds", "cpu",
-    "threads", "date"}``.
+    "cpus", "date"}``.
     """
     failed = [r.name for r in results if not r.ok]
     if failed or not results:
@@ -82,7 +82,7 @@ def record_times(results: Sequence, smoke: bool, device: str = "cpu", path: Path
         "notebooks": {r.name: round(float(r.seconds), 1) for r in results},
         "total_seconds": round(sum(float(r.seconds) for r in results), 1),
         "cpu": cpu_info().describe(),
-        "threads": os.cpu_count(),
+        "cpus": os.cpu_count(),
         "date": dt.date.today().isoformat(),
     }
     data = read_times(path)
@@ -110,7 +110,7 @@ def timing_sentence(notebook: str, smoke: bool = False, path: Path = TIMES_FILE)
             if kind != "cuda":
                 missing.append(text)
             continue
-        parts.append(f"{_minutes(entry['notebooks'][name])} on {text} ({entry['cpu']}, {entry['threads']} CPUs, "
+        parts.append(f"{_minutes(entry['notebooks'][name])} on {text} ({entry['cpu']}, {entry['cpus']} CPUs, "
                      f"{entry['date']}; all lessons {_minutes(entry['total_seconds'])})")
     sentence = f"Measured wall time of this lesson ({mode} mode): " + ("; ".join(parts) if parts else "none yet")
     if missing:

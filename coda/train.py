@@ -346,6 +346,35 @@ def train(
         return _train(cfg, out, device, data_root, train_data, test_data, save_every, stop_after_steps, progress)
 
 
+def seconds_per_step(cfg: TrainConfig, device: str | torch.device | None = None, steps: int = 3) -> float:
+    """Wall time (s) of one optimiser step of ``cfg``'s training: forward, BCE, backward and update
+    of a fresh model, in the precision the run would use, on a random batch
+    (``cfg.batch_size``, 3, 32, 32). The fastest of ``steps`` timed steps after one warm-up step
+    (other processes only slow a step down). What a training would cost before running it; the
+    caller's random state is left alone."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = _new_state(cfg, device, initialise=False)
+    model, opt = state["model"].train(), state["optimizer"]
+    precision, _ = resolve_precision(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    x = torch.rand(cfg.batch_size, 3, 32, 32, generator=g, device=device)
+    y = torch.randint(0, model.num_classes, (cfg.batch_size,), generator=g, device=device)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            logits = model(x)
+        scaler.scale(bce_loss(logits.float(), y)).backward()
+        scaler.step(opt)
+        scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 

@@ -445,10 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     p.add_argument("--record-times", action="store_true",
                    help="after a successful run of every lesson, store their wall times for this kind of machine in "
-                   "results/workbook/lesson_times.json (coda.lesson_times; needs --full or --smoke, and an idle machine)")
+                   "results/workbook/lesson_times.json (coda.lesson_times; needs --full or --smoke, the lessons' default "
+                   "parameters, and an idle machine)")
     a = p.parse_args(argv)
-    if a.record_times and (a.smoke is None or a.only):
-        p.error("--record-times needs --full or --smoke, and every lesson (no --only)")
+    if a.record_times and (a.smoke is None or a.only or a.parameter):
+        p.error("--record-times needs --full or --smoke, every lesson (no --only) and their defaults (no -p)")
     try:
         results = run_notebooks(
             a.notebooks, a.out, a.fig_dir, smoke=a.smoke, only=a.only, data_dir=a.data,
@@ -465,13 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.record_times and not failed:
         from coda import lesson_times
 
-        device = dict((k, _parse_value(v)) for k, v in a.parameter).get("DEVICE", "auto")
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        lesson_times.record_times(results, smoke=a.smoke, device=str(device))
-        print(f"recorded the lessons' wall times ({lesson_times.machine_kind(str(device))}) in {lesson_times.TIMES_FILE}")
+        device = resolve_device().type  # the lessons' default DEVICE, "auto"
+        lesson_times.record_times(results, smoke=a.smoke, device=device)
+        print(f"recorded the lessons' wall times ({lesson_times.machine_kind(device)}) in {lesson_times.TIMES_FILE}")
     return 1 if failed else 0
 
 

@@ -41,7 +41,7 @@ def test_a_recorded_run_is_reported_for_its_kind_only(tmp_path):
 def test_recording_keeps_the_other_kinds_and_modes(tmp_path):
     path = tmp_path / "times.json"
     other = {"cuda": {"full": {"notebooks": {"01_dau_alignment.ipynb": 3.0}, "total_seconds": 3.0, "cpu": "x",
-                               "threads": 16, "date": "2026-01-01"}}}
+                               "cpus": 16, "date": "2026-01-01"}}}
     path.write_text(json.dumps({"format": 1, "machines": other}))
     lesson_times.record_times(RUN, smoke=True, path=path)
     data = lesson_times.read_times(path)
@@ -67,10 +67,12 @@ def test_a_bad_record_names_the_file(tmp_path, text):
         lesson_times.read_times(path)
 
 
-def test_record_times_needs_a_mode_and_every_lesson():
+def test_record_times_needs_a_mode_every_lesson_and_the_defaults():
     from coda import workbook
 
     with pytest.raises(SystemExit):
         workbook.main(["--record-times"])
     with pytest.raises(SystemExit):
         workbook.main(["--full", "--only", "01", "--record-times"])
+    with pytest.raises(SystemExit):
+        workbook.main(["--full", "-p", "RUN_EXPENSIVE", "true", "--record-times"])

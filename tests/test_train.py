@@ -528,3 +528,13 @@ def test_the_package_names_load_on_first_use():
             "import pytest\nwith pytest.raises(AttributeError, match='no attribute'): coda.no_such_name")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_seconds_per_step_times_a_step_and_leaves_the_random_state_alone():
+    cfg = TrainConfig(model="cifar10-tiny", precision="fp32", batch_size=8)
+    before = torch.random.get_rng_state()
+    seconds = T.seconds_per_step(cfg, "cpu", steps=2)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert 0 < seconds < 60
+    bigger = T.seconds_per_step(TrainConfig(model="cifar10-tiny", precision="fp32", batch_size=256), "cpu", steps=2)
+    assert bigger > seconds  # the batch is the config's: 32x the images take longer
