@@ -30,9 +30,8 @@ import torch
 
 from benchmarks.flops import training_flops
 from coda.hardware import format_machine, machine_summary, remeasure_peak, resolve_precision
-from coda.inference import autocast
 from coda.models import build_model
-from coda.train import bce_loss
+from coda.train import train_step
 
 EPOCH_IMAGES = 50_000
 
@@ -49,12 +48,7 @@ def images_per_second(model, precision: str, batch: int, steps: int, warmup: int
         if i == warmup:
             _sync(device)
             start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            logits = model(x)
-        scaler.scale(bce_loss(logits.float(), y)).backward()
-        scaler.step(opt)
-        scaler.update()
+        train_step(model, opt, scaler, x, y, device, precision)
     _sync(device)
     return steps * batch / (time.perf_counter() - start)
 

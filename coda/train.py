@@ -363,16 +363,25 @@ def seconds_per_step(cfg: TrainConfig, device: str | torch.device | None = None,
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            logits = model(x)
-        scaler.scale(bce_loss(logits.float(), y)).backward()
-        scaler.step(opt)
-        scaler.update()
+        train_step(model, opt, scaler, x, y, device, precision)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times[1:])
+
+
+def train_step(model: CoDANet, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, x: torch.Tensor,
+               y: torch.Tensor, device: torch.device, precision: str) -> None:
+    """One optimiser step on the batch ``x`` (B, 3, H, W), labels ``y`` (B,): forward under
+    ``precision``'s autocast, BCE in float32, backward and update through ``scaler``. What
+    :func:`seconds_per_step` and the training benchmark time (the trainer's own loop also
+    accumulates gradients and statistics)."""
+    opt.zero_grad(set_to_none=True)
+    with autocast(device, precision):
+        logits = model(x)
+    scaler.scale(bce_loss(logits.float(), y)).backward()
+    scaler.step(opt)
+    scaler.update()
 
 
 def _positive_int(value) -> bool:
