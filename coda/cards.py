@@ -129,6 +129,8 @@ def _training_text(entry: dict) -> str:
     done = f"{entry['epochs']} epoch" + ("s" if entry["epochs"] != 1 else "")
     if entry["epochs"] < tc["epochs"] or entry["steps_into_epoch"]:
         done = f"{entry['epochs']} of {tc['epochs']} planned epochs (stopped early)"
+    if tc.get("init_from"):
+        done += f" starting from the weights of `{tc['init_from']}` (its optimiser state not kept)"
     subset = f" on the first {tc['train_subset']:,} images" if tc["train_subset"] else ""
     aug = "random crop (pad 4) + horizontal flip" if tc["augment"] else "no augmentation"
     precision = _precision_text(tc["precision"], entry["history"])

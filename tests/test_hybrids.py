@@ -354,3 +354,14 @@ def test_cards_and_tables_name_the_resnet_stages():
                              "warmup_epochs": 1.0, "embedding_from": None})
     assert text.startswith("SGD (Nesterov momentum 0.9), weight decay 5e-05, peak lr 0.5")
     assert C._schedule_text({"schedule": "paper", "lr": 2.5e-4}).startswith("Adam, lr 0.00025")  # older configs
+
+
+def test_card_names_the_weights_a_continuation_started_from():
+    from coda import cards as C
+    from coda.train import TrainConfig
+
+    tc = TrainConfig(model="cifar10-resnet20", epochs=30, init_from="cifar10-resnet20-T64").to_dict()
+    entry = {"train_config": tc, "epochs": 30, "steps_into_epoch": 0, "history": []}
+    assert C._training_text(entry).startswith("30 epochs starting from the weights of `cifar10-resnet20-T64`")
+    entry["train_config"] = {**tc, "init_from": None}
+    assert C._training_text(entry).startswith("30 epochs, batch 64")
