@@ -1,7 +1,7 @@
 """Interpretable depth as the journal means it: CoDA layers on the stages of a trained ResNet-20.
 
 A hybrid ``cifar10-hybrid-d<d>-f8-T1000`` computes the first ``d`` stages of ResNet-20 (its
-embedding, started from the trained ``cifar10-resnet20-T64`` and fine-tuned) and then the 9L-S's
+embedding, started from the trained ``cifar10-resnet20-e70-T64`` and fine-tuned) and then the 9L-S's
 CoDA layers from the same resolution on (docs/method.md#interpretable-depth-and-hybrids). Its
 decisions decompose exactly into contributions of the first CoDA layer's input, not of the
 pixels: the deeper the embedding, the deeper the explanation starts. The study measures, for
@@ -44,7 +44,7 @@ from coda.models import CoDANet
 
 PURE = "cifar10-9L-S-f8-T1000"  # d = 0: the pure CoDA-Net with the hybrids' budget
 PURE_LABEL = "pure CoDA-Net (9L-S)"  # d = 0 in tables and figures: no embedding, not a hybrid
-CONVENTIONAL = "cifar10-resnet20-T64"  # the all-conventional network whose stages embed the hybrids
+CONVENTIONAL = "cifar10-resnet20-e70-T64"  # the all-conventional network whose stages embed the hybrids
 DEPTHS = (1, 2, 3)
 EPOCHS = 40  # the shared budget (data/training/README.md)
 # The 9L-S layer whose input has the resolution and width of ResNet-20 stage d's output

@@ -84,7 +84,7 @@ def test_evaluate_depth_rows_table_and_figure(monkeypatch, tmp_path):
     assert hybrid["parameters"] == sum(p.numel() for p in models[D.hybrid_name(1)].parameters())
 
     table = D.markdown_table(rows)
-    assert table.count("\n") == 1 + len(rows) and "| 3 (all) | `cifar10-resnet20-T64` |" in table
+    assert table.count("\n") == 1 + len(rows) and "| 3 (all) | `cifar10-resnet20-e70-T64` |" in table
     assert "layer 2: " in table
     fig = D.plot_depth(rows)
     assert len(fig.axes) == 2
