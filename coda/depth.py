@@ -242,6 +242,50 @@ def plot_depth(rows: Sequence[Mapping]):
     return fig
 
 
+def same_depth_maps(pure: CoDANet, hybrid: CoDANet, images: torch.Tensor,
+                    targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The pure 9L-S and a hybrid explaining the same decisions.
+
+    images: (N, 3, 32, 32) in [0, 1]; targets: (N,) classes. Returns three contribution maps
+    (channel sums of :func:`coda.contributions`), keyed by a panel title: the pure model's at
+    the pixels, (N, 32, 32); the pure model's at :data:`REFERENCE_LAYER` ``[d]``, the depth
+    where the hybrid's explanation starts; the hybrid's at its layer 0, the output of its
+    ``d`` ResNet-20 stages (both (N, h, h), h = 32 / 2**(d - 1)).
+    """
+    from coda.explain import contribution_map, contributions
+
+    d = hybrid.config.resnet_stages
+    if d not in REFERENCE_LAYER or len(pure.stem) or len(pure.layers) <= REFERENCE_LAYER[d]:
+        raise ValueError(f"expected a pure 9L-S and a hybrid on 1-3 ResNet-20 stages, got d = {d} "
+                         f"and a pure model with {len(pure.stem)} stem modules and {len(pure.layers)} CoDA layers")
+    panels = (("pure, layer 0 (pixels)", pure, 0), (f"pure, layer {REFERENCE_LAYER[d]}", pure, REFERENCE_LAYER[d]),
+              (f"hybrid d = {d}, layer 0", hybrid, 0))
+    return {title: contribution_map(contributions(model, images, targets, layer=layer))
+            for title, model, layer in panels}
+
+
+def plot_same_depth_maps(maps: Mapping[str, torch.Tensor], images: torch.Tensor, targets: torch.Tensor,
+                         classes: Sequence[str] | None = None):
+    """One row per image: the image, then each map of :func:`same_depth_maps`, each on its own
+    colour scale (the models' logits differ; the title gives the map's size and sum). Returns
+    the figure."""
+    import matplotlib.pyplot as plt
+
+    from coda import plotting
+
+    fig, axes = plt.subplots(len(images), 1 + len(maps), figsize=(2.0 * (1 + len(maps)) + 0.8, 2.1 * len(images)),
+                             squeeze=False, layout="constrained")
+    for i, row in enumerate(axes):
+        plotting.show_image(row[0], images[i], title=classes[int(targets[i])] if classes is not None else None)
+        for ax, (title, m) in zip(row[1:], maps.items(), strict=True):
+            h, w = m.shape[-2:]
+            im = plotting.show_contribution_map(ax, m[i], title=f"{title}\n{h}x{w}, sum {float(m[i].sum()):.2f}")
+        plotting.add_colorbar(row[1:], im, shared_limit=False).set_label("")  # the scale is said once, below
+    fig.suptitle("The same decisions, explained by the pure model and by a hybrid")
+    fig.supxlabel("contributions to the logit of the image's class; each map on its own colour scale", fontsize="small")
+    return fig
+
+
 def _load_available(runs_dir: Path = RUNS_DIR) -> tuple[dict[str, CoDANet], dict[str, dict]]:
     from coda.pretrained import load_model
 

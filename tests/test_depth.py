@@ -158,3 +158,26 @@ def test_reference_sentences_say_which_is_higher_from_the_numbers():
     assert "-0.100" in worse
     assert "3 ResNet-20 stages" in better and "localises better than" in better and "+0.050" in better
     assert D.reference_sentences(_depth_rows()[:1]) == []  # no hybrid, no sentence
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_same_depth_maps_are_complete_at_the_hybrids_depth(d):
+    torch.manual_seed(0)
+    pure = build_model("cifar10-9L-S", rank_factor=1, temperature=1000.0).eval()
+    hybrid = build_model("cifar10-hybrid", resnet_stages=d, rank_factor=1, temperature=1000.0).eval()
+    images, targets = torch.rand(2, 3, 32, 32), torch.tensor([3, 7])
+    maps = D.same_depth_maps(pure, hybrid, images, targets)
+    side = 32 // 2 ** (d - 1)
+    assert list(maps) == ["pure, layer 0 (pixels)", f"pure, layer {D.REFERENCE_LAYER[d]}", f"hybrid d = {d}, layer 0"]
+    assert [tuple(m.shape) for m in maps.values()] == [(2, 32, 32), (2, side, side), (2, side, side)]
+    with torch.no_grad():
+        pure_logits, hybrid_logits = pure(images), hybrid(images)
+    rows = torch.arange(2)
+    for title, m in maps.items():  # each map sums to its model's logit minus b0
+        logits, bias = (hybrid_logits, hybrid.logit_bias) if title.startswith("hybrid") else (pure_logits, pure.logit_bias)
+        torch.testing.assert_close(m.sum((1, 2)), logits[rows, targets] - bias, rtol=1e-4, atol=1e-4)
+    fig = D.plot_same_depth_maps(maps, images, targets, [f"class{i}" for i in range(10)])
+    assert len(fig.axes) == 2 * 4 + 2  # four panels and one colour bar per image
+    assert fig.axes[0].get_title() == "class3"
+    with pytest.raises(ValueError, match="expected a pure 9L-S and a hybrid"):
+        D.same_depth_maps(hybrid, hybrid, images, targets)
