@@ -113,3 +113,42 @@ def test_save_writes_a_compact_state_that_a_fresh_machine_continues(tiny, tmp_pa
     ckpt = load_checkpoint(fresh["runs_dir"] / "tiny" / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["rewarm_from"] == (0, 2) and ckpt["restarts"][0]["step"] == 2
     assert [r["images"] for r in rows][-1] == 96
+
+
+def test_prefix_localisation_takes_the_first_grids(tmp_path):
+    path = tmp_path / "localisation_scores.csv"
+    lines = ["method,grid,cell,class,image_index,score"]
+    for grid in range(4):  # grid g scores 1 - g/10 in all 9 cells; another method is ignored
+        lines += [f"coda,{grid},{cell},{cell},{100 * grid + cell},{1 - grid / 10}" for cell in range(9)]
+        lines.append(f"grad,{grid},0,0,0,0.0")
+    path.write_text("\n".join(lines) + "\n")
+    rows = R.prefix_localisation(path, ns=(1, 2, 4, 10))
+    assert [r["n"] for r in rows] == [1, 2, 4]  # no row for more grids than the file has
+    assert [r["cells"] for r in rows] == [9, 18, 36]
+    assert rows[0]["mean"] == pytest.approx(1.0)
+    assert rows[1]["mean"] == pytest.approx(0.95) and rows[1]["median"] == pytest.approx(0.95)
+    assert rows[2]["mean"] == pytest.approx(0.85)
+    assert R.prefix_localisation(path, ns=(4,), method="grad")[0]["mean"] == 0.0
+
+
+def test_prefix_localisation_rejects_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        R.prefix_localisation(tmp_path / "missing.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="bad.csv: expected the columns"):
+        R.prefix_localisation(bad)
+    good = tmp_path / "good.csv"
+    good.write_text("method,grid,score\ngrad,0,0.5\n")
+    with pytest.raises(ValueError, match="no scores for method 'coda'"):
+        R.prefix_localisation(good)
+
+
+def test_committed_500_grid_measurement_agrees_with_its_summary():
+    folder = R.PROJECT_ROOT / "results" / "recipes" / "f16-b64-cosine-7.58h-500grids"
+    summary = json.loads((folder / "results.json").read_text())["results"]["coda/localisation"]["summary"]
+    rows = R.prefix_localisation(folder / "localisation_scores.csv")
+    assert rows[-1]["n"] == 500 and rows[-1]["cells"] == 4500
+    assert rows[-1]["mean"] == pytest.approx(summary["mean"], abs=1e-5)
+    means = [r["mean"] for r in rows]
+    assert means == sorted(means, reverse=True)  # the confident grids come first
