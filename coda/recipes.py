@@ -16,7 +16,7 @@ CPU-hours of training have passed; the rows go to ``results/recipes/<name>.json`
     python -m coda.recipes status          # CPU-hours, epochs, last accuracy and localisation
     python -m coda.recipes table           # the markdown table of every evaluated row
     python -m coda.recipes figure          # figures/recipes.png: localisation against CPU-hours
-    python -m coda.recipes prefixes results/NAME/localisation_scores.csv   # first 10, 50, ... 500 grids
+    python -m coda.recipes prefixes results/NAME   # localisation over the first 10, 50, ... 500 grids
 
 Rerunning ``train`` with a larger ``--cpu-hours`` continues the same run (that is how the
 chosen recipe becomes the long run). A run outlives its machine only through git:
@@ -272,49 +272,35 @@ def status(runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR) -> list[d
 PREFIX_GRIDS = (10, 50, 100, 200, 300, 400, 500)
 
 
-def prefix_localisation(scores_csv: str | Path, ns: Sequence[int] = PREFIX_GRIDS,
-                        method: str = "coda") -> list[dict]:
+def prefix_localisation(folder: str | Path, ns: Sequence[int] = PREFIX_GRIDS, method: str = "coda") -> list[dict]:
     """Mean and median localisation over the first ``n`` grids, for each ``n`` in ``ns``.
 
     The protocol builds its grids from the most confidently classified images first, so the
     first grids are the easiest: the study's 100-grid rows are the first 100 of the 500 of the
-    full protocol. This reads the per-grid-cell scores that ``python -m coda.evaluate`` writes
-    (``localisation_scores.csv``: columns ``method, grid, cell, class, image_index, score``)
-    and says how the mean falls as harder grids are added.
+    full protocol. ``folder`` is an output folder of ``python -m coda.evaluate`` (read with
+    :func:`coda.evaluate.read_results`: its scores are stored grid by grid); the rows say how
+    the mean falls as harder grids are added.
 
     Returns
     -------
-    One dict per ``n`` with at most as many grids as the file has: ``{"n": n, "mean": float,
+    One dict per ``n`` with at most as many grids as the folder has: ``{"n": n, "mean": float,
     "median": float, "cells": number of scores}``.
 
-    Raises ``ValueError`` if the file is missing, lacks those columns, or has no row for
+    Raises ``ValueError`` if the folder has no ``results.json`` or no localisation scores for
     ``method``.
     """
-    import csv
-
     import numpy as np
 
-    path = Path(scores_csv)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file (expected the localisation_scores.csv of `python -m coda.evaluate`)")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not {"method", "grid", "score"} <= set(reader.fieldnames or ()):
-            raise ValueError(f"{path}: expected the columns method, grid, score; found {reader.fieldnames}")
-        rows = [(int(r["grid"]), float(r["score"])) for r in reader if r["method"] == method]
-    if not rows:
-        raise ValueError(f"{path}: no scores for method {method!r}")
-    grids = np.array([g for g, _ in rows])
-    scores = np.array([s for _, s in rows])
-    n_grids = int(grids.max()) + 1
-    out = []
-    for n in ns:
-        if n > n_grids:
-            continue
-        chosen = scores[grids < n]
-        out.append({"n": int(n), "mean": float(chosen.mean()), "median": float(np.median(chosen)),
-                    "cells": int(chosen.size)})
-    return out
+    from coda.evaluate import read_results
+
+    results = read_results(folder)
+    if results is None:
+        raise ValueError(f"{folder}: no results.json (expected an output folder of `python -m coda.evaluate`)")
+    if method not in results["scores"] or method not in results["localisation"]:
+        raise ValueError(f"{folder}: no localisation scores for method {method!r}")
+    per_grid = results["scores"][method].reshape(results["localisation"][method]["n_grids"], -1)  # (grids, cells)
+    return [{"n": int(n), "mean": float(per_grid[:n].mean()), "median": float(np.median(per_grid[:n])),
+             "cells": int(per_grid[:n].size)} for n in ns if n <= len(per_grid)]
 
 
 def plot_recipe_study(rows_by_recipe: Mapping[str, Sequence[Mapping]], target_localisation: float | None = 0.85,
@@ -386,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("status", help="CPU-hours, epochs and the last evaluation of every recipe")
     sub.add_parser("table", help="the markdown table of every evaluated row")
     g = sub.add_parser("prefixes", help="localisation over the first n grids of a coda.evaluate run")
-    g.add_argument("scores_csv", help="the localisation_scores.csv that `python -m coda.evaluate` wrote")
+    g.add_argument("folder", help="an output folder of `python -m coda.evaluate`")
     g.add_argument("--method", default="coda")
     f = sub.add_parser("figure", help="localisation and accuracy against CPU-hours")
     f.add_argument("--out", default=str(PROJECT_ROOT / "figures"))
@@ -404,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     elif a.command == "table":
         print(markdown_table())
     elif a.command == "prefixes":
-        rows = prefix_localisation(a.scores_csv, method=a.method)
+        rows = prefix_localisation(a.folder, method=a.method)
         print("| first n grids | " + " | ".join(str(r["n"]) for r in rows) + " |")
         print("|---|" + "---:|" * len(rows))
         print("| mean (median) | " + " | ".join(f"{r['mean']:.3f} ({r['median']:.3f})" for r in rows) + " |")

@@ -115,15 +115,24 @@ def test_save_writes_a_compact_state_that_a_fresh_machine_continues(tiny, tmp_pa
     assert [r["images"] for r in rows][-1] == 96
 
 
-def test_prefix_localisation_takes_the_first_grids(tmp_path):
-    path = tmp_path / "localisation_scores.csv"
+def _evaluate_folder(folder, n_grids=4):
+    """A coda.evaluate output folder: grid g scores 1 - g/10 in all 9 cells; another method too."""
+    folder.mkdir()
+    (folder / "results.json").write_text("{}")
+    (folder / "localisation.csv").write_text("method,label,grid_size,n_grids,n,mean,median\n"
+                                             f"coda,Ours,3,{n_grids},{9 * n_grids},0,0\ngrad,Grad,3,{n_grids},{n_grids},0,0\n")
     lines = ["method,grid,cell,class,image_index,score"]
-    for grid in range(4):  # grid g scores 1 - g/10 in all 9 cells; another method is ignored
+    for grid in range(n_grids):
         lines += [f"coda,{grid},{cell},{cell},{100 * grid + cell},{1 - grid / 10}" for cell in range(9)]
-        lines.append(f"grad,{grid},0,0,0,0.0")
-    path.write_text("\n".join(lines) + "\n")
+    lines += [f"grad,{grid},0,0,0,0.0" for grid in range(n_grids)]
+    (folder / "localisation_scores.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_prefix_localisation_takes_the_first_grids(tmp_path):
+    path = _evaluate_folder(tmp_path / "run")
     rows = R.prefix_localisation(path, ns=(1, 2, 4, 10))
-    assert [r["n"] for r in rows] == [1, 2, 4]  # no row for more grids than the file has
+    assert [r["n"] for r in rows] == [1, 2, 4]  # no row for more grids than the folder has
     assert [r["cells"] for r in rows] == [9, 18, 36]
     assert rows[0]["mean"] == pytest.approx(1.0)
     assert rows[1]["mean"] == pytest.approx(0.95) and rows[1]["median"] == pytest.approx(0.95)
@@ -131,23 +140,18 @@ def test_prefix_localisation_takes_the_first_grids(tmp_path):
     assert R.prefix_localisation(path, ns=(4,), method="grad")[0]["mean"] == 0.0
 
 
-def test_prefix_localisation_rejects_bad_files(tmp_path):
-    with pytest.raises(ValueError, match="no such file"):
-        R.prefix_localisation(tmp_path / "missing.csv")
-    bad = tmp_path / "bad.csv"
-    bad.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="bad.csv: expected the columns"):
-        R.prefix_localisation(bad)
-    good = tmp_path / "good.csv"
-    good.write_text("method,grid,score\ngrad,0,0.5\n")
-    with pytest.raises(ValueError, match="no scores for method 'coda'"):
-        R.prefix_localisation(good)
+def test_prefix_localisation_rejects_bad_folders(tmp_path):
+    with pytest.raises(ValueError, match="missing: no results.json"):
+        R.prefix_localisation(tmp_path / "missing")
+    path = _evaluate_folder(tmp_path / "run")
+    with pytest.raises(ValueError, match="no localisation scores for method 'occ9'"):
+        R.prefix_localisation(path, method="occ9")
 
 
 def test_committed_500_grid_measurement_agrees_with_its_summary():
     folder = R.PROJECT_ROOT / "results" / "recipes" / "f16-b64-cosine-7.58h-500grids"
     summary = json.loads((folder / "results.json").read_text())["results"]["coda/localisation"]["summary"]
-    rows = R.prefix_localisation(folder / "localisation_scores.csv")
+    rows = R.prefix_localisation(folder)
     assert rows[-1]["n"] == 500 and rows[-1]["cells"] == 4500
     assert rows[-1]["mean"] == pytest.approx(summary["mean"], abs=1e-5)
     means = [r["mean"] for r in rows]
