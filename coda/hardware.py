@@ -93,18 +93,72 @@ def parse_cpuinfo(text: str) -> CPUInfo | None:
     return CPUInfo(model=model, isa=_isa_from_flags(flags), native_bf16=bool(found), bf16_evidence=evidence)
 
 
+# The x86 instruction sets of CPUInfo.isa, lowest first.
+_X86_ISAS = ("SSE", "AVX", "AVX2", "AVX-512", "AMX")
+# oneDNN's ONEDNN_MAX_CPU_ISA values, lowest first, with the ISA they allow and whether bf16 dot
+# products run in hardware at that level (oneDNN executes torch's bf16 matmuls and convolutions).
+_ONEDNN_ISAS = {
+    "SSE41": ("SSE", False), "AVX": ("AVX", False), "AVX2": ("AVX2", False),
+    "AVX2_VNNI": ("AVX2", False), "AVX2_VNNI_2": ("AVX2", False),
+    "AVX512_CORE": ("AVX-512", False), "AVX512_CORE_VNNI": ("AVX-512", False),
+    "AVX512_CORE_BF16": ("AVX-512", True), "AVX512_CORE_FP16": ("AVX-512", True),
+    "AVX10_1_512": ("AVX-512", True), "AVX512_CORE_AMX": ("AMX", True),
+    "AVX10_1_512_AMX": ("AMX", True), "AVX512_CORE_AMX_FP16": ("AMX", True),
+    "AVX10_1_512_AMX_FP16": ("AMX", True), "AVX10_2_512": ("AVX-512", True),
+    "AVX10_2_512_AMX_2": ("AMX", True),
+}
+# ATen's ATEN_CPU_CAPABILITY values on x86: the vector kernels torch's own operators may use.
+_ATEN_ISAS = {"default": "SSE", "avx2": "AVX2", "avx512": "AVX-512"}
+
+
+def apply_isa_limits(info: CPUInfo, env: dict[str, str] | None = None) -> CPUInfo:
+    """``info`` as the process may use the CPU when the environment caps its instruction set.
+
+    ``ONEDNN_MAX_CPU_ISA`` (oneDNN: matmuls and convolutions) and ``ATEN_CPU_CAPABILITY``
+    (torch's other operators) keep torch below what the CPU has; set to AVX2 on a CPU with
+    AVX512-BF16 they make it compute like an AVX2 CPU at the same clock, bf16 emulated (how the
+    workbook's times "without native bf16" can be measured on such a CPU). The reported ISA is
+    the lowest allowed, and bf16 counts as native only if neither variable caps it away; the
+    evidence says which variable did. Unknown values and non-x86 CPUs are left as they are.
+    """
+    env = os.environ if env is None else env
+    if info.isa not in _X86_ISAS:
+        return info
+    caps, isa, native = [], info.isa, info.native_bf16
+    onednn = env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if onednn in _ONEDNN_ISAS:
+        allowed, bf16_level = _ONEDNN_ISAS[onednn]
+        caps.append(f"ONEDNN_MAX_CPU_ISA={onednn}")
+        isa = min(isa, allowed, key=_X86_ISAS.index)
+        native = native and bf16_level
+    aten = env.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if aten in _ATEN_ISAS:
+        caps.append(f"ATEN_CPU_CAPABILITY={aten}")
+        isa = min(isa, _ATEN_ISAS[aten], key=_X86_ISAS.index)
+        native = native and _X86_ISAS.index(_ATEN_ISAS[aten]) >= _X86_ISAS.index("AVX-512")
+    if not caps or (isa, native) == (info.isa, info.native_bf16):
+        return info
+    evidence = info.bf16_evidence
+    if native != info.native_bf16:
+        evidence = f"{evidence}, but {' and '.join(caps)} keep torch from using it"
+    return CPUInfo(model=f"{info.model} capped from {info.isa} by {', '.join(caps)}", isa=isa,
+                   native_bf16=native, bf16_evidence=evidence)
+
+
 @functools.cache
 def cpu_info() -> CPUInfo:
     """This machine's :class:`CPUInfo` (probed once per process).
 
-    Linux: the kernel's CPU flags, which are authoritative. Elsewhere (macOS, Windows) the
-    flags are not readable, so native bf16 is decided by a one-off micro-benchmark
-    (:func:`bf16_speedup`): bf16 matmuls at least 1.3x faster than float32.
+    Linux: the kernel's CPU flags, which are authoritative, lowered to what
+    ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` allow (:func:`apply_isa_limits`).
+    Elsewhere (macOS, Windows) the flags are not readable, so native bf16 is decided by a
+    one-off micro-benchmark (:func:`bf16_speedup`): bf16 matmuls at least 1.3x faster than
+    float32 (which sees any such cap by itself).
     """
     text = _cpuinfo_text()
     info = parse_cpuinfo(text) if text else None
     if info is not None:
-        return info
+        return apply_isa_limits(info)
     model = platform.processor() or platform.machine() or "unknown CPU"
     capability = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ...
     isa = {"AVX512": "AVX-512", "AVX2": "AVX2"}.get(capability, platform.machine() or capability)

@@ -51,6 +51,47 @@ def test_parse_cpuinfo_arm_features_and_missing_flags():
     assert parse_cpuinfo("model name\t: something\n") is None  # no flags: cpu_info() falls back to a benchmark
 
 
+ZEN4 = CPUInfo("AMD EPYC", "AVX-512", True, "/proc/cpuinfo lists AVX512-BF16")
+
+
+@pytest.mark.parametrize(
+    "env, isa, native",
+    [
+        ({}, "AVX-512", True),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "AVX2", False),
+        ({"ONEDNN_MAX_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2"}, "AVX2", False),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, "AVX-512", False),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "AVX-512", True),
+        ({"ONEDNN_MAX_CPU_ISA": "ALL", "ATEN_CPU_CAPABILITY": "avx512"}, "AVX-512", True),
+        ({"ATEN_CPU_CAPABILITY": "default"}, "SSE", False),
+        ({"ONEDNN_MAX_CPU_ISA": "no-such-isa"}, "AVX-512", True),
+    ],
+    ids=["none", "onednn-avx2", "both-avx2", "avx512-without-bf16", "bf16-level", "no-cap", "aten-default", "unknown"],
+)
+def test_isa_caps_of_the_environment_lower_what_torch_may_use(env, isa, native):
+    info = H.apply_isa_limits(ZEN4, env)
+    assert (info.isa, info.native_bf16) == (isa, native)
+    if (isa, native) == (ZEN4.isa, ZEN4.native_bf16):
+        assert info == ZEN4  # nothing capped: the CPU as it is
+    else:
+        assert "capped from AVX-512" in info.describe() and ("no native bf16" in info.describe()) != native
+    if not native:
+        assert "keep torch from using it" in info.bf16_evidence
+
+
+def test_isa_caps_never_raise_a_cpu_above_itself_and_leave_arm_alone():
+    avx2 = CPUInfo("AMD EPYC", "AVX2", False, "no bf16 flag in /proc/cpuinfo")
+    assert H.apply_isa_limits(avx2, {"ONEDNN_MAX_CPU_ISA": "AVX10_1_512_AMX", "ATEN_CPU_CAPABILITY": "avx512"}) == avx2
+    graviton = parse_cpuinfo(GRAVITON3)
+    assert H.apply_isa_limits(graviton, {"ONEDNN_MAX_CPU_ISA": "AVX2"}) == graviton
+
+
+def test_auto_is_fp32_on_a_bf16_cpu_capped_to_avx2(monkeypatch):
+    monkeypatch.setattr(H, "cpu_info", lambda: H.apply_isa_limits(ZEN4, {"ONEDNN_MAX_CPU_ISA": "AVX2"}))
+    concrete, reason = resolve_precision("auto", "cpu")
+    assert concrete == "fp32" and "ONEDNN_MAX_CPU_ISA=AVX2" in reason
+
+
 def test_cpu_info_of_this_machine_is_consistent():
     info = H.cpu_info()
     assert info.model and info.isa and info.bf16_evidence
