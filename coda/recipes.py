@@ -53,7 +53,6 @@ RESULTS_DIR = PROJECT_ROOT / "results" / "recipes"
 SWEEP_RESULTS = PROJECT_ROOT / "results" / "sweeps" / "sweeps.json"
 N_GRIDS = 100
 TEST_SUBSET = 2000  # the trainer's per-epoch accuracy; the evaluation rows use all 10,000 images
-RETIRED_STARTS: set[str] = {"sweep-9L-S-f32-T1000"}  # starting models whose weights are only in the git history
 
 
 @dataclasses.dataclass(frozen=True)
