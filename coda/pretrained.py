@@ -259,7 +259,8 @@ def load_model(spec: str, device: str | torch.device | None = None) -> tuple[CoD
     Returns
     -------
     ``(model, info)``: the model in eval mode on ``device``, and a dict for the results
-    record (name, source, SHA-256 of a checkpoint file, config).
+    record (name, source, SHA-256 of a checkpoint file, config; for a checkpoint also its epoch,
+    step and, where it recorded them, the training CPU-hours behind it).
     """
     from coda import published  # the authors' models, downloaded on first use: imported only here
 
@@ -270,7 +271,9 @@ def load_model(spec: str, device: str | torch.device | None = None) -> tuple[CoD
             raise ValueError(f"{path} is not a coda.train checkpoint (no 'model_config' and 'model' keys)")
         model = model_from_checkpoint(ckpt)
         info = {"name": model_name(spec), "source": "checkpoint", "path": str(path), "sha256": sha256(path),
-                "epoch": ckpt.get("epoch")}
+                "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
+        if "cpu_time" in ckpt:  # how much training the evaluated state had had
+            info["cpu_hours"] = round(ckpt["cpu_time"] / 3600, 3)
     elif spec in published.list_published():
         model = published.load_published(spec)
         record = published.read_record(published.default_cache_dir() / f"{spec}.json") or {}

@@ -156,3 +156,50 @@ def test_committed_500_grid_measurement_agrees_with_its_summary():
     assert rows[-1]["mean"] == pytest.approx(summary["mean"], abs=1e-5)
     means = [r["mean"] for r in rows]
     assert means == sorted(means, reverse=True)  # the confident grids come first
+
+
+def _full_protocol_folder(results_dir, name, model_record, mean=0.7):
+    folder = results_dir / f"{name}-1.00h-500grids"
+    folder.mkdir(parents=True)
+    record = {"model": model_record,
+              "results": {"coda/localisation": {"summary": {"mean": mean, "median": mean + 0.01, "n": 45,
+                                                            "n_grids": 5}}}}
+    (folder / "results.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_full_protocol_rows_place_a_checkpoint_like_the_study_rows(tiny):
+    from coda.pretrained import load_model
+
+    R.train_recipe("tiny", cpu_hours=1e-9, eval_every=1e-9, chunk_steps=2, n_grids=2, **tiny)
+    ckpt_path = tiny["runs_dir"] / "tiny" / "last.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    _, info = load_model(str(ckpt_path))  # what coda.evaluate records about the model
+    assert info["step"] == ckpt["step"] and info["cpu_hours"] == round(ckpt["cpu_time"] / 3600, 3)
+    _full_protocol_folder(tiny["results_dir"], "tiny", info)
+    (full,) = R.full_protocol_rows("tiny", tiny["results_dir"], n_train=48)
+    (study,) = [r for r in R.read_rows("tiny", tiny["results_dir"]) if r["images"]]
+    assert full["epochs_done"] == study["epochs_done"] and full["cpu_hours"] == study["cpu_hours"]
+    assert (full["localisation_mean"], full["n_grids"], full["folder"]) == (0.7, 5, "tiny-1.00h-500grids")
+
+    fig = R.plot_recipe_study({"tiny": R.read_rows("tiny", tiny["results_dir"])}, full_protocol={"tiny": [full]})
+    squares = [line for line in fig.axes[0].get_lines() if line.get_label() == "tiny (all 5 grids)"]
+    assert len(squares) == 1 and list(squares[0].get_ydata()) == [0.7] and squares[0].get_marker() == "s"
+    assert any(line.get_label() == "target 0.85 (500 grids)" for line in fig.axes[0].get_lines())
+
+
+def test_full_protocol_rows_need_the_training_progress(tiny):
+    folder = _full_protocol_folder(tiny["results_dir"], "tiny", {"epoch": 3, "step": None, "cpu_hours": 1.0})
+    with pytest.raises(ValueError, match=f"{folder.name}/results.json: the model record has no \\['step'\\]"):
+        R.full_protocol_rows("tiny", tiny["results_dir"])
+
+
+def test_committed_full_protocol_rows_sit_among_the_study_rows():
+    rows = R.full_protocol_rows("f16-b64-cosine")
+    study = R.read_rows("f16-b64-cosine")
+    assert len(rows) >= 2 and all(r["n_grids"] == 500 for r in rows)
+    for row in rows:  # each checkpoint's epochs lie between those of the study rows around its CPU-hours
+        before = max((r for r in study if r["cpu_hours"] <= row["cpu_hours"]), key=lambda r: r["cpu_hours"])
+        after = min((r for r in study if r["cpu_hours"] >= row["cpu_hours"]), key=lambda r: r["cpu_hours"])
+        assert before["epochs_done"] - 0.01 <= row["epochs_done"] <= after["epochs_done"] + 0.01
+        assert row["localisation_mean"] < before["localisation_mean"]  # the 500 include the 100 easiest and harder ones
