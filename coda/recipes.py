@@ -386,8 +386,8 @@ def plot_recipe_study(rows_by_recipe: Mapping[str, Sequence[Mapping]], target_lo
                 ax_loc.plot([r[x_key] for r in full], [r["localisation_mean"] for r in full], color=colour, ls="--",
                             marker="s", mfc="white", label=f"{name} (all {full[-1]['n_grids']} grids)")
         if target_localisation is not None:
-            target_label = f"target {target_localisation:g}" + (" (500 grids)" if full_protocol else "")
-            ax_loc.axhline(target_localisation, color="0.4", ls="--", lw=1, label=target_label)
+            ax_loc.axhline(target_localisation, color="0.4", ls="--", lw=1,
+                           label=f"target {target_localisation:g} (500 grids)")  # the target is on the full protocol
         if published_localisation is not None:
             ax_loc.axhline(published_localisation, color="0.4", ls=":", lw=1, label=f"paper {published_localisation:g}")
         if target_accuracy is not None:
