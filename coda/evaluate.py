@@ -35,7 +35,7 @@ import torch
 from coda import cli
 from coda.checkpoint import load_checkpoint, load_data, save_data, write_json, write_text
 from coda.data import PROJECT_ROOT, load_cifar10
-from coda.explainers import EXPLAINERS, Explainer, get_explainer
+from coda.explainers import EXPLAINERS, Explainer, get_explainer, implementation
 from coda.inference import predict
 from coda.metrics import (  # noqa: F401 (the metrics, importable from here as before)
     ORDERS,
@@ -128,9 +128,19 @@ def timing_table(tasks: list[dict]) -> str:
         n = r.n_attributions
         rows.append([r.method, r.label, t["settings"]["task"], t["image_size"], n, r.seconds,
                      r.seconds / n if n else math.nan, r.cpu_seconds / n if n else math.nan, t["device"],
-                     t["threads"]])
+                     t["threads"], _implementation(t)])
     return _csv(["method", "label", "task", "image_size", "n_attributions", "seconds", "seconds_per_attribution",
-                 "cpu_seconds_per_attribution", "device", "threads"], rows)
+                 "cpu_seconds_per_attribution", "device", "threads", "implementation"], rows)
+
+
+def _implementation(task: dict) -> str:
+    """What computed a stored result's attributions (:func:`coda.explainers.implementation`).
+
+    Results stored before the record said so were all computed by captum, except the model's own
+    contributions (``coda.occlusion`` came later)."""
+    if "implementation" in task:
+        return task["implementation"]
+    return "coda" if task["settings"]["method"] == "coda" else "captum"
 
 
 def versions() -> dict:
@@ -312,6 +322,7 @@ def run(model: CoDANet, info: dict, methods: list[str], out: Path, command: str,
             print(f"{name:>16} {task}: already in {path}, skipped (--force recomputes)", flush=True)
             continue
         explainer = _configured(name, a)
+        context["implementation"] = implementation(explainer, model)  # captum or coda's own code
         if task == "localisation":
             result = localisation_scores(model, grids, explainer, progress=True)
             extra = {"grids": {"classes": grids.classes, "indices": grids.indices, "grid_size": grids.grid_size,
@@ -533,6 +544,11 @@ def markdown_table(folder: str | os.PathLike) -> str:
 
     lines += ["", f"Better than Ours on the same grids (localisation): {beaten_by(loc, ours_loc)}.",
               f"Better than Ours on the same images (pixel removal): {beaten_by(rem, ours_rem)}."]
+    occlusion_by = {r.get("implementation") or "captum" for m, r in timing.items() if m in ("occ5", "occ9")}
+    if occlusion_by:
+        how = {"captum": "captum's Occlusion, one forward pass of the whole network per window",
+               "coda.occlusion": "coda.occlusion, which recomputes only what each window changes (the same numbers)"}
+        lines.append("Occlusion was computed and timed with " + " and ".join(how[i] for i in sorted(occlusion_by)) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -557,7 +573,8 @@ def _record(tasks: list[dict]) -> dict:
                        "end": _number(r.curve[-1].item()) if len(r.curve) else None, "n_images": r.n_attributions}
         record["results"][f"{s['method']}/{s['task']}"] = {
             "command": t["command"], "settings": s, "summary": summary, "device": t["device"],
-            "threads": t["threads"], "versions": t["versions"], "seconds": _number(r.seconds)}
+            "threads": t["threads"], "versions": t["versions"], "seconds": _number(r.seconds),
+            "implementation": _implementation(t)}
     return record
 
 

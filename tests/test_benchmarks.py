@@ -77,3 +77,13 @@ def test_bench_contraction_restores_the_current_form(capsys):
     bench_contraction.main(["--rank-factor", "4", "--batch", "2", "--rounds", "1", "--steps", "1", "--threads", "1"])
     assert D._Contraction.apply == current
     assert "current / earlier (best): " in capsys.readouterr().out
+
+
+def test_occlusion_benchmark_writes_its_table(tmp_path):
+    from benchmarks import bench_occlusion
+
+    out = tmp_path / "occlusion.md"
+    bench_occlusion.main(["--arch", "cifar10-tiny", "--size", "16", "--patches", "5,3", "--out", str(out)])
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| Occ")]
+    assert [(r[0], r[1]) for r in rows] == [("| Occ5", "49"), ("| Occ3", "64")]  # windows: (ceil((16-p)/2)+1)^2
+    assert all(float(r[-1].rstrip(" |")) < 1e-4 for r in rows)  # the same maps, to float32 rounding

@@ -360,8 +360,15 @@ def test_command_line_resumes_and_mixes_sizes(colour_world, capsys):
     ixg_row = next(r for r in rows if "`ixg`" in r).split(" | ")
     assert ixg_row[5] == ixg_row[7] == "-"  # no removal run for ixg
     assert "Better than Ours on the same grids (localisation): " in table
+    assert "Occlusion was computed" not in table  # no occlusion run
     with pytest.raises(ValueError, match="no results"):
         markdown_table(root / "nowhere")
+    # Which code computed each method is recorded: occlusion of this pure CoDA-Net by coda.occlusion.
+    main([*base, "--methods", "occ5", "--n-grids", "2", "--tasks", "localisation"])
+    implementations = {(r["method"], r["task"]): r["implementation"] for r in read_csv(out / "timing.csv")}
+    assert implementations[("coda", "localisation")] == "coda" and implementations[("grad", "removal-least")] == "captum"
+    assert implementations[("occ5", "localisation")] == "coda.occlusion"
+    assert "Occlusion was computed and timed with coda.occlusion, which recomputes" in markdown_table(out)
 
 
 class Tampered:
