@@ -19,7 +19,7 @@ channels.
 | deeplift | DeepLIFT | captum ``DeepLift``, zero baseline |
 | gradcam | GCam | ``LayerGradCam`` on the last CoDA layer, ReLU, nearest upsampling |
 | occ5, occ9 | Occ5, Occ9 | ``Occlusion``, 5x5 / 9x9 patches, stride 2, baseline 0 (on a pure CoDA-Net computed by :mod:`coda.occlusion`: the same numbers, 13-17x fewer CPU-seconds on a grid) |
-| lime | LIME | captum ``Lime`` on 4x4 pixel blocks, 256 samples, ridge surrogate, seeded |
+| lime | LIME | captum ``Lime`` on 4x4 pixel blocks, 256 samples, ridge surrogate, seeded; the classes of one image share its samples and forward passes (``shared_samples``) |
 | guided_backprop | GB | captum ``GuidedBackprop`` |
 
 On a pure CoDA-Net two of these reduce to others, because captum's rules act on modules the
@@ -287,17 +287,68 @@ class WeightedRidge:
         return x.float() @ self.weight.T + self.intercept
 
 
-def _lime(model, images, targets, n_samples, block, alpha, seed, batch_size):
+def _lime(model, images, targets, n_samples, block, alpha, seed, batch_size, shared_samples=True, forward=None):
+    """captum's ``Lime`` of ``images`` (B, C, H, W), one target each, from one seeded RNG stream.
+
+    ``forward``: what captum calls instead of ``model`` (see :func:`_lime_classes`); it then
+    returns the explained output itself and ``targets`` are not passed on.
+    """
     from captum.attr import Lime
 
     mask = block_mask(*images.shape[-2:], block, images.device)
-    lime = Lime(model, interpretable_model=WeightedRidge(alpha))
+    lime = Lime(model if forward is None else forward, interpretable_model=WeightedRidge(alpha))
     with torch.random.fork_rng(devices=[]), torch.no_grad():  # seeded, caller's RNG untouched
         torch.manual_seed(seed)
         return lime.attribute(
-            images, target=targets, baselines=0.0, feature_mask=mask, n_samples=n_samples,
-            perturbations_per_eval=batch_size,
+            images, target=targets if forward is None else None, baselines=0.0, feature_mask=mask,
+            n_samples=n_samples, perturbations_per_eval=batch_size,
         )
+
+
+class _SharedPasses:
+    """The forward function captum's LIME calls, for several classes of one image in turn: the
+    first class's run makes the passes and keeps them; the next ones replay them, checking that
+    they ask for the same perturbed images, and pick their own class's logit."""
+
+    def __init__(self, model: CoDANet):
+        self.model = model
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (perturbed images, logits), in call order
+        self.position, self.target = 0, 0
+
+    def start(self, target: int) -> None:
+        """Begin the run of class ``target``: replay the recorded passes from the first."""
+        self.position, self.target = 0, target
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.position == len(self.batches):
+            self.batches.append((x.clone(), self.model(x)))
+        seen, logits = self.batches[self.position]
+        if not torch.equal(seen, x):
+            raise RuntimeError("LIME drew different samples for two classes of one image; cannot share its passes")
+        self.position += 1
+        return logits[:, self.target]
+
+
+def _lime_classes(model, image, classes, n_samples, block, alpha, seed, batch_size, shared_samples=True):
+    """LIME of one image (1, C, H, W) for K classes: (K, C, H, W).
+
+    LIME's perturbed samples depend on the seed and the image, not on the class, so with
+    ``shared_samples`` each class is explained exactly as it would be alone with this seed,
+    while the forward passes are made once, for the first class, and their logits reused for
+    the others (as the ``lime`` package explains several labels from one set of samples): K
+    times fewer passes. Without it, the K classes are K examples of one captum call, each with
+    its own samples (the RNG runs on from one to the next), as before the option existed.
+    """
+    classes = torch.as_tensor(classes).reshape(-1)
+    if not shared_samples:
+        return _lime(model, image.expand(len(classes), -1, -1, -1), classes, n_samples, block, alpha, seed,
+                     batch_size)
+    forward = _SharedPasses(model)
+    maps = []
+    for target in classes.tolist():
+        forward.start(target)
+        maps.append(_lime(model, image, None, n_samples, block, alpha, seed, batch_size, forward=forward))
+    return torch.cat(maps)
 
 
 # ----- the registry ------------------------------------------------------------------------
@@ -316,7 +367,8 @@ EXPLAINERS: dict[str, Explainer] = {
         Explainer("occ9", "Occ9", _occlusion, {"patch": 9, "stride": 2, "batch_size": DEFAULT_BATCH},
                   classes_function=_occlusion_classes),
         Explainer("lime", "LIME", _lime,
-                  {"n_samples": 256, "block": 4, "alpha": 1.0, "seed": 0, "batch_size": DEFAULT_BATCH}),
+                  {"n_samples": 256, "block": 4, "alpha": 1.0, "seed": 0, "batch_size": DEFAULT_BATCH,
+                   "shared_samples": True}, classes_function=_lime_classes),
         Explainer("guided_backprop", "GB", _guided_backprop),
     )
 }

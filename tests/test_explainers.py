@@ -73,6 +73,28 @@ def test_lime_is_seeded_and_leaves_the_global_rng_alone(tiny):
     assert torch.equal(a, a[..., ::4, ::4].repeat_interleave(4, -1).repeat_interleave(4, -2))
 
 
+def test_lime_shares_one_images_samples_and_passes_among_its_classes(tiny):
+    """Each class's map is LIME for that class alone with the seed; the passes are made once."""
+    image, classes = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)), torch.tensor([5, 0, 7])
+    lime = get_explainer("lime", n_samples=24, batch_size=8, seed=1)
+    passes = []
+    hook = tiny.register_forward_hook(lambda module, args, out: passes.append(len(args[0])))
+    try:
+        shared = lime.attribute_classes(tiny, image, classes)
+        assert passes == [8, 8, 8]  # 24 samples, once for all three classes
+        passes.clear()
+        for k, target in enumerate(classes.tolist()):
+            torch.testing.assert_close(shared[k:k + 1], lime(tiny, image, target), rtol=0, atol=1e-6)
+        assert len(passes) == 3 * 3
+    finally:
+        hook.remove()
+    # without sharing: the classes are examples of one captum call, each with its own samples
+    separate = lime.with_options(shared_samples=False)
+    torch.testing.assert_close(separate.attribute_classes(tiny, image, classes),
+                               separate(tiny, image.expand(3, -1, -1, -1), classes))
+    assert not torch.allclose(separate.attribute_classes(tiny, image, classes)[1:], shared[1:])
+
+
 def test_lime_surrogate_is_weighted_ridge_regression():
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 2, (40, 5), generator=gen).float()
