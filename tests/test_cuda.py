@@ -114,3 +114,15 @@ def test_augmentation_is_the_same_on_cpu_and_cuda():
     on_cpu = augment(images, torch.Generator().manual_seed(3))
     on_gpu = augment(images.to(CUDA), torch.Generator().manual_seed(3))
     torch.testing.assert_close(on_gpu.cpu(), on_cpu)
+
+
+def test_local_occlusion_on_cuda_is_the_cpu_result():
+    from coda import occlusion
+
+    torch.manual_seed(0)
+    model = coda.build_model("cifar10-tiny").double().eval()
+    image, classes = torch.rand(1, 3, 16, 16, dtype=torch.float64), torch.tensor([1, 4])
+    expected = occlusion.occlusion_classes(model, image, classes, 5, 2)
+    got = occlusion.occlusion_classes(model.to(CUDA), image.to(CUDA), classes.to(CUDA), 5, 2)
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), expected)
