@@ -476,6 +476,8 @@ def _ours_on_the_same_data(folder: Path, model_id: str | None) -> tuple[dict, di
     ``{method: mean}``, for localisation and for pixel removal ("least" order).
     """
     tasks = read_tasks(folder, model_id)  # the model the tables were written for
+    if not tasks:  # a folder committed without its tasks/: pair the localisation through its CSV
+        return _ours_on_the_same_grids_from_csv(folder), {}
     by_key = {(t["settings"]["method"], t["settings"]["task"]): t for t in tasks}
     loc, rem = {}, {}
     ours_loc, ours_rem = by_key.get(("coda", "localisation")), by_key.get(("coda", "removal-least"))
@@ -490,6 +492,27 @@ def _ours_on_the_same_data(folder: Path, model_id: str | None) -> tuple[dict, di
             if n <= ours_rem["result"].probabilities.shape[0]:
                 rem[method] = float(ours_rem["result"].probabilities[:n].mean())
     return loc, rem
+
+
+def _ours_on_the_same_grids_from_csv(folder: Path) -> dict:
+    """:func:`_ours_on_the_same_data`'s localisation part from ``localisation_scores.csv`` alone:
+    a method's n grids are paired with the CoDA scores of the first n grids when every cell
+    shows the same test image. ``{method: mean}``; empty without the file or CoDA scores."""
+    path = Path(folder) / "localisation_scores.csv"
+    if not path.exists():
+        return {}
+    cells: dict[str, list[tuple[int, int, int, float]]] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            cells.setdefault(row["method"], []).append(
+                (int(row["grid"]), int(row["cell"]), int(row["image_index"]), float(row["score"])))
+    ours = sorted(cells.get("coda", []))
+    paired = {}
+    for method, rows in cells.items():
+        rows = sorted(rows)
+        if len(rows) <= len(ours) and [r[:3] for r in rows] == [r[:3] for r in ours[:len(rows)]]:
+            paired[method] = sum(r[3] for r in ours[:len(rows)]) / len(rows)
+    return paired
 
 
 def markdown_table(folder: str | os.PathLike) -> str:
@@ -540,7 +563,9 @@ def markdown_table(folder: str | os.PathLike) -> str:
     def beaten_by(table: dict, ours: dict) -> str:
         better = [f"{labels[m]} ({table[m]['mean']:.3f} against {ours[m]:.3f})" for m in table
                   if m != "coda" and m in ours and table[m]["mean"] > ours[m]]
-        return ", ".join(better) if better else "none"
+        unpaired = [labels[m] for m in table if m != "coda" and m not in ours]
+        return (", ".join(better) if better else "none") + (
+            f" (not paired with Ours: {', '.join(unpaired)})" if unpaired else "")
 
     lines += ["", f"Better than Ours on the same grids (localisation): {beaten_by(loc, ours_loc)}.",
               f"Better than Ours on the same images (pixel removal): {beaten_by(rem, ours_rem)}."]

@@ -8,6 +8,7 @@ exactly linear, so its removal curve follows in closed form from its contributio
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -369,6 +370,16 @@ def test_command_line_resumes_and_mixes_sizes(colour_world, capsys):
     assert implementations[("coda", "localisation")] == "coda" and implementations[("grad", "removal-least")] == "captum"
     assert implementations[("occ5", "localisation")] == "coda.occlusion"
     assert "Occlusion was computed and timed with coda.occlusion, which recomputes" in markdown_table(out)
+    # A folder committed without its tasks/ still pairs the localisation, through its CSV.
+    bare = root / "bare"
+    shutil.copytree(out, bare, ignore=shutil.ignore_patterns("tasks"))
+    with_tasks, without = markdown_table(out).splitlines(), markdown_table(bare).splitlines()
+    for row, bare_row in zip(with_tasks, without, strict=True):
+        if "`" in row and row.startswith("| "):
+            cells, bare_cells = row.split(" | "), bare_row.split(" | ")
+            assert bare_cells[:5] == cells[:5]  # localisation and Ours on the same grids
+            assert bare_cells[7] == "-" or "`coda`" in row or cells[7] == "-"  # removal: no per-image record
+    assert "not paired with Ours: Grad" in markdown_table(bare)
 
 
 class Tampered:
