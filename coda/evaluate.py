@@ -472,32 +472,26 @@ def _ours_on_the_same_data(folder: Path, model_id: str | None) -> tuple[dict, di
 
     Smaller runs use the first grids and the first images of larger ones (the grids are a
     seeded sequence), so a method scored on n grids is compared with the CoDA scores of those
-    same n grids; checked through the grids' test-image indices. Returns two dicts,
-    ``{method: mean}``, for localisation and for pixel removal ("least" order).
+    same n grids, checked cell by cell through the test images in ``localisation_scores.csv``
+    (so a folder committed without ``tasks/`` pairs too); pixel removal is paired through the
+    stored tasks' per-image probabilities. Returns two dicts, ``{method: mean}``, for
+    localisation and for pixel removal ("least" order).
     """
-    tasks = read_tasks(folder, model_id)  # the model the tables were written for
-    if not tasks:  # a folder committed without its tasks/: pair the localisation through its CSV
-        return _ours_on_the_same_grids_from_csv(folder), {}
-    by_key = {(t["settings"]["method"], t["settings"]["task"]): t for t in tasks}
-    loc, rem = {}, {}
-    ours_loc, ours_rem = by_key.get(("coda", "localisation")), by_key.get(("coda", "removal-least"))
+    rem = {}
+    by_key = {(t["settings"]["method"], t["settings"]["task"]): t for t in read_tasks(folder, model_id)}
+    ours_rem = by_key.get(("coda", "removal-least"))
     for (method, task), t in by_key.items():
-        if task == "localisation" and ours_loc is not None:
-            n = len(t["grids"])
-            same = ours_loc["grids"].indices[:n]
-            if n <= len(ours_loc["grids"]) and torch.equal(same, t["grids"].indices):
-                loc[method] = float(ours_loc["result"].scores[:n].mean())
-        elif task == "removal-least" and ours_rem is not None:
+        if task == "removal-least" and ours_rem is not None:
             n = t["result"].probabilities.shape[0]
             if n <= ours_rem["result"].probabilities.shape[0]:
                 rem[method] = float(ours_rem["result"].probabilities[:n].mean())
-    return loc, rem
+    return _ours_on_the_same_grids(folder), rem
 
 
-def _ours_on_the_same_grids_from_csv(folder: Path) -> dict:
-    """:func:`_ours_on_the_same_data`'s localisation part from ``localisation_scores.csv`` alone:
-    a method's n grids are paired with the CoDA scores of the first n grids when every cell
-    shows the same test image. ``{method: mean}``; empty without the file or CoDA scores."""
+def _ours_on_the_same_grids(folder: Path) -> dict:
+    """:func:`_ours_on_the_same_data`'s localisation part, from ``localisation_scores.csv``: a
+    method's n grids are paired with the CoDA scores of the first n grids when every cell shows
+    the same test image. ``{method: mean}``; empty without the file or CoDA scores."""
     path = Path(folder) / "localisation_scores.csv"
     if not path.exists():
         return {}
