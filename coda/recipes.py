@@ -187,9 +187,10 @@ def train_recipe(name: str, cpu_hours: float, eval_every: float = 0.5, chunk_ste
                  n_grids: int = N_GRIDS, state_dir: Path = STATE_DIR) -> list[dict]:
     """Train recipe ``name`` until its run has spent ``cpu_hours`` of training CPU time.
 
-    Trains in chunks of ``chunk_steps`` optimiser steps (each ends with a checkpoint); after a
-    chunk that passes another multiple of ``eval_every`` CPU-hours, the checkpoint is
-    evaluated (:func:`record_checkpoint`; its CPU time is not counted as training). Resumable:
+    Trains in chunks of ``chunk_steps`` optimiser steps (each ends with a checkpoint); a
+    checkpoint past another multiple of ``eval_every`` CPU-hours than the last evaluated row,
+    and the last one of the run or the budget, is evaluated (:func:`record_checkpoint`; its
+    CPU time is not counted as training), also when that is found at a restart. Resumable:
     the run lives in ``runs_dir/<name>/last.pt``; where that is missing (a fresh machine) and
     :func:`save_state` committed one in ``state_dir/<name>/last.pt``, the run continues from
     it. Returns the recipe's rows.
@@ -208,25 +209,38 @@ def train_recipe(name: str, cpu_hours: float, eval_every: float = 0.5, chunk_ste
         shutil.copyfile(saved, ckpt_path)
         print(f"{name}: continuing from {saved} (a compact state: fresh optimiser, learning rate re-warmed)",
               flush=True)
+    trained = False  # whether this call has trained a chunk yet
     while True:
-        spent = load_checkpoint(ckpt_path).get("cpu_time", 0.0) / 3600 if ckpt_path.exists() else 0.0
-        evaluated = {r["images"] for r in read_rows(name, results_dir)}
-        if spent >= cpu_hours:
-            break
-        before = int(spent / eval_every)
-        train(recipe.config, out, train_data=train_data, test_data=test_data,
-              stop_after_steps=chunk_steps, save_every=chunk_steps, progress=False)
-        ckpt = load_checkpoint(ckpt_path)
-        after = ckpt.get("cpu_time", 0.0) / 3600
-        finished = ckpt["epoch"] >= recipe.config.epochs
-        if int(after / eval_every) > before or after >= cpu_hours or finished:
-            if _images_seen(recipe.config, ckpt, len(train_data)) not in evaluated:
+        ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+        spent = ckpt.get("cpu_time", 0.0) / 3600 if ckpt is not None else 0.0
+        finished = ckpt is not None and ckpt["epoch"] >= recipe.config.epochs
+        if ckpt is not None:
+            rows = read_rows(name, results_dir)
+            if _evaluation_due(rows, _images_seen(recipe.config, ckpt, len(train_data)), spent, eval_every,
+                               end=finished or (trained and spent >= cpu_hours)):
                 row = record_checkpoint(recipe, ckpt_path, test_data, results_dir, n_grids, len(train_data))
                 print(json.dumps(row), flush=True)
-        print(f"{name}: {after:.3f} CPU-hours, epoch {ckpt['epoch']} step {ckpt['step']}", flush=True)
-        if finished:
+            if trained:
+                print(f"{name}: {spent:.3f} CPU-hours, epoch {ckpt['epoch']} step {ckpt['step']}", flush=True)
+        if finished or spent >= cpu_hours:
             break
+        train(recipe.config, out, train_data=train_data, test_data=test_data,
+              stop_after_steps=chunk_steps, save_every=chunk_steps, progress=False)
+        trained = True
     return read_rows(name, results_dir)
+
+
+def _evaluation_due(rows: Sequence[Mapping], images: int, cpu_hours: float, eval_every: float, end: bool) -> bool:
+    """Whether the checkpoint that has seen ``images`` training images after ``cpu_hours`` of
+    training gets an evaluation row: not if a row has it already; yes at the end of the run
+    or budget (``end``) and whenever it lies past a multiple of ``eval_every`` CPU-hours that
+    the last evaluated row had not reached. Reading that from the rows, not from the chunk
+    just trained, means a process killed during an evaluation leaves it to the restart.
+    """
+    if any(r["images"] == images for r in rows):
+        return False
+    last = max((r["cpu_hours"] for r in rows), default=0.0)
+    return end or int(cpu_hours / eval_every) > int(last / eval_every)
 
 
 def save_state(name: str, runs_dir: Path = RUNS_DIR, state_dir: Path = STATE_DIR) -> Path:

@@ -55,6 +55,29 @@ def test_train_recipe_stops_at_the_budget_and_evaluates_as_it_goes(tiny):
     assert load_checkpoint(tiny["runs_dir"] / "tiny" / "last.pt")["epoch"] == 2
 
 
+def test_an_evaluation_a_killed_process_left_undone_is_done_at_the_restart(tiny):
+    R.train_recipe("tiny", cpu_hours=1e-9, eval_every=1e-9, chunk_steps=2, n_grids=2, **tiny)
+    ckpt = load_checkpoint(tiny["runs_dir"] / "tiny" / "last.pt")
+    # The process was killed during the evaluation of its last chunk: the checkpoint is on
+    # disk, its row is not.
+    (tiny["results_dir"] / "tiny.json").unlink()
+    rows = R.train_recipe("tiny", cpu_hours=1e-9, eval_every=1e-9, chunk_steps=2, n_grids=2, **tiny)
+    assert [r["images"] for r in rows] == [16], "the budget is spent, but the crossed evaluation is still owed"
+    assert load_checkpoint(tiny["runs_dir"] / "tiny" / "last.pt")["step"] == ckpt["step"], "nothing more trained"
+    # Not owed: the checkpoint lies in the same multiple of eval_every as the last row.
+    (tiny["results_dir"] / "tiny.json").unlink()
+    assert R.train_recipe("tiny", cpu_hours=1e-9, eval_every=1e9, chunk_steps=2, n_grids=2, **tiny) == []
+
+
+def test_evaluation_due():
+    rows = [{"images": 0, "cpu_hours": 0.0}, {"images": 640, "cpu_hours": 14.069}]
+    assert not R._evaluation_due(rows, 640, 15.5, 1.0, end=True), "a row has these images"
+    assert R._evaluation_due(rows, 704, 15.28, 1.0, end=False)  # past 15, the last row before it
+    assert not R._evaluation_due(rows, 704, 15.28, 2.0, end=False)  # 16 not reached yet
+    assert R._evaluation_due(rows, 704, 14.5, 1.0, end=True)
+    assert R._evaluation_due([], 64, 0.2, 1.0, end=False) is False
+
+
 def test_train_recipe_rejects_bad_budgets_and_names(tiny):
     with pytest.raises(ValueError, match="cpu_hours and eval_every must be > 0"):
         R.train_recipe("tiny", cpu_hours=0, **tiny)
