@@ -17,6 +17,8 @@ CPU-hours of training have passed; the rows go to ``results/recipes/<name>.json`
     python -m coda.recipes table           # the markdown table of every evaluated row
     python -m coda.recipes figure          # figures/recipes.png: localisation against CPU-hours
     python -m coda.recipes prefixes results/NAME   # localisation over the first 10, 50, ... 500 grids
+    python -m coda.recipes average --out avg.pt a.pt b.pt ...   # weight averaging of one run's states
+    python -m coda.recipes score avg.pt    # any checkpoint's accuracy and localisation, as a row
 
 Rerunning ``train`` with a larger ``--cpu-hours`` continues the same run (that is how the
 chosen recipe becomes the long run). A run outlives its machine only through git:
@@ -45,7 +47,7 @@ from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10
 from coda.inference import predict
 from coda.metrics import grids_from_logits, localisation_scores
 from coda.models import CoDANet
-from coda.train import TrainConfig, compact_checkpoint, train
+from coda.train import TrainConfig, average_checkpoints, compact_checkpoint, train
 
 RUNS_DIR = PROJECT_ROOT / "runs" / "recipes"
 STATE_DIR = PROJECT_ROOT / "data" / "training" / "recipes"  # committed compact states (save)
@@ -110,6 +112,21 @@ def evaluate_row(model: CoDANet, test: ImageDataset, n_grids: int = N_GRIDS, see
     return {"test_accuracy": accuracy, "localisation_mean": loc and loc.mean, "localisation_median": loc and loc.median,
             "n_grids": len(grids), "n_test": len(test), "eval_seconds": round(time.perf_counter() - start, 1),
             "eval_cpu_seconds": round(time.process_time() - cpu, 1)}
+
+
+def score_checkpoint(path: str | Path, n_grids: int = N_GRIDS, test: ImageDataset | None = None,
+                     data_root=None) -> dict:
+    """:func:`evaluate_row` of the model in the trainer checkpoint ``path`` (full, compact or
+    averaged by :func:`coda.train.average_checkpoints`), with the checkpoint's epoch, step,
+    CPU-hours and, for an average, its sources: the study's measurement for a checkpoint
+    that is not a row of a recipe's run."""
+    from coda.pretrained import model_from_checkpoint
+
+    ckpt = load_checkpoint(path)
+    test = load_cifar10("test", data_root) if test is None else test
+    return {"checkpoint": str(path), "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
+            "cpu_hours": round(ckpt.get("cpu_time", 0.0) / 3600, 3), "averaged_from": ckpt.get("averaged_from"),
+            **evaluate_row(model_from_checkpoint(ckpt), test, n_grids)}
 
 
 def start_row(recipe: Recipe, sweep_results: Path = SWEEP_RESULTS) -> dict | None:
@@ -435,6 +452,13 @@ def main(argv: list[str] | None = None) -> None:
     g = sub.add_parser("prefixes", help="localisation over the first n grids of a coda.evaluate run")
     g.add_argument("folder", help="an output folder of `python -m coda.evaluate`")
     g.add_argument("--method", default="coda")
+    v = sub.add_parser("average", help="average the weights of several checkpoints of one run")
+    v.add_argument("checkpoints", nargs="+", help="coda.train checkpoints (full or compact) of one model")
+    v.add_argument("--out", required=True, help="the averaged compact checkpoint to write")
+    c = sub.add_parser("score", help="a checkpoint's study row: accuracy (10,000 test images), localisation (100 grids)")
+    c.add_argument("checkpoint", help="a coda.train checkpoint (full, compact or averaged)")
+    c.add_argument("--n-grids", type=int, default=N_GRIDS)
+    c.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
     f = sub.add_parser("figure", help="localisation and accuracy against CPU-hours")
     f.add_argument("--out", default=str(PROJECT_ROOT / "figures"))
     a = p.parse_args(argv)
@@ -445,6 +469,10 @@ def main(argv: list[str] | None = None) -> None:
         train_recipe(a.name, a.cpu_hours, a.eval_every, a.chunk_steps, data_root=a.data)
     elif a.command == "save":
         print(save_state(a.name))
+    elif a.command == "average":
+        print(average_checkpoints(a.checkpoints, a.out))
+    elif a.command == "score":
+        print(json.dumps(score_checkpoint(a.checkpoint, a.n_grids, data_root=a.data)))
     elif a.command == "status":
         for s in status():
             print(json.dumps(s))

@@ -16,6 +16,7 @@ import dataclasses
 import math
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -297,6 +298,54 @@ def compact_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = to
         weights[key] = small
     restarts = ckpt.get("restarts", []) + [{"epoch": ckpt["epoch"], "step": ckpt["step"], "weights": str(dtype)}]
     save_checkpoint(ckpt | {"model": weights, "optimizer": None, "restarts": restarts}, dst)
+    return Path(dst)
+
+
+def average_checkpoints(srcs: Sequence[str | Path], dst: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the uniform average of the weights of several checkpoints of one run to ``dst``.
+
+    ``srcs``: trainer checkpoints (full or compact, :func:`compact_checkpoint`) of the same
+    model configuration, e.g. the states a long run saved over its last epochs. A CoDA-Net has
+    no batch norm, so averaged weights need no re-estimated statistics. Integer buffers must
+    agree. The result is a compact checkpoint (weights in ``dtype``, no optimiser state) whose
+    training fields (epoch, step, history, CPU time) are those of the last source, with
+    ``averaged_from`` listing each source's epoch, step and CPU-hours; :func:`coda.pretrained.
+    model_from_checkpoint`, ``coda.evaluate --model`` and ``coda.pretrained export`` read it.
+    Raises ``ValueError`` naming the file if a source is not a coda.train checkpoint, or if its
+    model differs from the first source's (configuration, parameter names or shapes).
+    """
+    if len(srcs) < 2:
+        raise ValueError(f"averaging needs at least 2 checkpoints, got {len(srcs)}")
+    ckpts = []
+    for src in srcs:
+        ckpt = load_checkpoint(src)
+        if ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
+            raise ValueError(f"{src}: expected a coda.train checkpoint (format {CHECKPOINT_FORMAT})")
+        first = ckpts[0] if ckpts else ckpt
+        if ckpt["model_config"] != first["model_config"]:
+            raise ValueError(f"{src}: model configuration {ckpt['model_config']} differs from "
+                             f"{srcs[0]}'s {first['model_config']}")
+        shapes = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+        if shapes != {k: tuple(v.shape) for k, v in first["model"].items()}:
+            raise ValueError(f"{src}: parameter names or shapes differ from {srcs[0]}'s")
+        ckpts.append(ckpt)
+    weights = {}
+    for key, first in ckpts[0]["model"].items():
+        values = [c["model"][key] for c in ckpts]
+        if not first.is_floating_point():
+            if any(not torch.equal(v, first) for v in values):
+                raise ValueError(f"integer buffer {key!r} differs between the checkpoints")
+            weights[key] = first
+            continue
+        mean = torch.stack([v.double() for v in values]).mean(0)
+        weights[key] = mean.to(dtype)
+        if not torch.isfinite(weights[key]).all():
+            raise ValueError(f"averaged weight {key!r} does not fit {dtype} (largest |value| {mean.abs().max():.3g})")
+    sources = [{"epoch": c["epoch"], "step": c["step"], "cpu_hours": round(c.get("cpu_time", 0.0) / 3600, 3)}
+               for c in ckpts]
+    last = ckpts[-1]
+    restarts = last.get("restarts", []) + [{"epoch": last["epoch"], "step": last["step"], "weights": str(dtype)}]
+    save_checkpoint(last | {"model": weights, "optimizer": None, "restarts": restarts, "averaged_from": sources}, dst)
     return Path(dst)
 
 

@@ -226,3 +226,60 @@ def test_committed_full_protocol_rows_sit_among_the_study_rows():
         after = min((r for r in study if r["cpu_hours"] >= row["cpu_hours"]), key=lambda r: r["cpu_hours"])
         assert before["epochs_done"] - 0.01 <= row["epochs_done"] <= after["epochs_done"] + 0.01
         assert row["localisation_mean"] < before["localisation_mean"]  # the 500 include the 100 easiest and harder ones
+
+
+def _two_states(tiny, tmp_path):
+    """Two checkpoints of the tiny recipe's run, 2 and 6 steps in."""
+    R.train_recipe("tiny", cpu_hours=1e-9, eval_every=1e9, chunk_steps=2, n_grids=2, **tiny)
+    first = tmp_path / "first.pt"
+    first.write_bytes((tiny["runs_dir"] / "tiny" / "last.pt").read_bytes())
+    R.train_recipe("tiny", cpu_hours=1.0, eval_every=1e9, chunk_steps=4, n_grids=2, **tiny)
+    return first, tiny["runs_dir"] / "tiny" / "last.pt"
+
+
+def test_average_checkpoints_is_the_mean_of_the_weights(tiny, tmp_path):
+    from coda.pretrained import model_from_checkpoint
+    from coda.train import average_checkpoints
+
+    a, b = _two_states(tiny, tmp_path)
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    out = average_checkpoints([a, b], tmp_path / "avg.pt", dtype=torch.float32)
+    avg = load_checkpoint(out)
+    for key, value in avg["model"].items():
+        expected = (ca["model"][key].double() + cb["model"][key].double()) / 2
+        torch.testing.assert_close(value.double(), expected, rtol=1e-7, atol=1e-7)
+    assert any(not torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"]), "the states must differ"
+    assert (avg["epoch"], avg["step"], avg["history"]) == (cb["epoch"], cb["step"], cb["history"])
+    assert avg["optimizer"] is None and [s["step"] for s in avg["averaged_from"]] == [ca["step"], cb["step"]]
+    model = model_from_checkpoint(avg)  # what coda.evaluate --model and the export read
+    torch.testing.assert_close(model.state_dict()[next(iter(avg["model"]))], next(iter(avg["model"].values())))
+    # float16 by default, like a compact state
+    small = load_checkpoint(average_checkpoints([a, b], tmp_path / "avg16.pt"))
+    assert all(v.dtype == torch.float16 for v in small["model"].values() if v.is_floating_point())
+
+
+def test_average_checkpoints_refuses_what_it_cannot_average(tiny, tmp_path):
+    from coda.train import average_checkpoints
+
+    a, b = _two_states(tiny, tmp_path)
+    with pytest.raises(ValueError, match="at least 2 checkpoints"):
+        average_checkpoints([a], tmp_path / "x.pt")
+    other = load_checkpoint(a)
+    other["model_config"] = {**other["model_config"], "temperature": 7.0}
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: model configuration"):
+        average_checkpoints([a, tmp_path / "other.pt"], tmp_path / "x.pt")
+    torch.save({"model": {}}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="plain.pt: expected a coda.train checkpoint"):
+        average_checkpoints([a, tmp_path / "plain.pt"], tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_score_and_average_from_the_command_line(tiny, tmp_path, capsys):
+    a, b = _two_states(tiny, tmp_path)
+    capsys.readouterr()
+    R.main(["average", "--out", str(tmp_path / "avg.pt"), str(a), str(b)])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "avg.pt")
+    row = R.score_checkpoint(tmp_path / "avg.pt", n_grids=2, test=tiny["test_data"])
+    assert row["averaged_from"] is not None and len(row["averaged_from"]) == 2 and row["n_test"] == 40
+    assert 0 <= row["test_accuracy"] <= 1 and row["cpu_hours"] >= 0
