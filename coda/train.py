@@ -287,17 +287,33 @@ def compact_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = to
     checkpoint and in every checkpoint written after it.
     Raises ``ValueError`` if a weight does not fit ``dtype`` (use ``torch.bfloat16`` then).
     """
-    ckpt = load_checkpoint(src)
+    ckpt = _load_trainer_checkpoint(src)
+    weights = {key: _stored(value, dtype, f"{src}: weight {key!r}") for key, value in ckpt["model"].items()}
+    return _save_compact(ckpt, weights, dtype, dst)
+
+
+def _load_trainer_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by :func:`train` (full or compact); ``ValueError`` naming ``path`` otherwise."""
+    ckpt = load_checkpoint(path)
     if ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
-        raise ValueError(f"{src}: expected a coda.train checkpoint (format {CHECKPOINT_FORMAT})")
-    weights = {}
-    for key, value in ckpt["model"].items():
-        small = value.to(dtype) if value.is_floating_point() else value
-        if not torch.isfinite(small).all():
-            raise ValueError(f"{src}: weight {key!r} does not fit {dtype} (largest |value| {value.abs().max():.3g})")
-        weights[key] = small
+        raise ValueError(f"{path}: expected a coda.train checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def _stored(value: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """A floating-point weight cast to ``dtype`` (other tensors as they are); ``ValueError``
+    starting with ``what`` if it does not fit."""
+    small = value.to(dtype) if value.is_floating_point() else value
+    if not torch.isfinite(small).all():
+        raise ValueError(f"{what} does not fit {dtype} (largest |value| {value.abs().max():.3g})")
+    return small
+
+
+def _save_compact(ckpt: dict, weights: dict, dtype: torch.dtype, dst: str | Path, **extra) -> Path:
+    """Write ``ckpt`` with ``weights``, no optimiser state and the restart from here listed
+    (:func:`compact_checkpoint`), plus ``extra`` fields, to ``dst``."""
     restarts = ckpt.get("restarts", []) + [{"epoch": ckpt["epoch"], "step": ckpt["step"], "weights": str(dtype)}]
-    save_checkpoint(ckpt | {"model": weights, "optimizer": None, "restarts": restarts}, dst)
+    save_checkpoint(ckpt | {"model": weights, "optimizer": None, "restarts": restarts, **extra}, dst)
     return Path(dst)
 
 
@@ -318,9 +334,7 @@ def average_checkpoints(srcs: Sequence[str | Path], dst: str | Path, dtype: torc
         raise ValueError(f"averaging needs at least 2 checkpoints, got {len(srcs)}")
     ckpts = []
     for src in srcs:
-        ckpt = load_checkpoint(src)
-        if ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
-            raise ValueError(f"{src}: expected a coda.train checkpoint (format {CHECKPOINT_FORMAT})")
+        ckpt = _load_trainer_checkpoint(src)
         first = ckpts[0] if ckpts else ckpt
         if ckpt["model_config"] != first["model_config"]:
             raise ValueError(f"{src}: model configuration {ckpt['model_config']} differs from "
@@ -337,16 +351,10 @@ def average_checkpoints(srcs: Sequence[str | Path], dst: str | Path, dtype: torc
                 raise ValueError(f"integer buffer {key!r} differs between the checkpoints")
             weights[key] = first
             continue
-        mean = torch.stack([v.double() for v in values]).mean(0)
-        weights[key] = mean.to(dtype)
-        if not torch.isfinite(weights[key]).all():
-            raise ValueError(f"averaged weight {key!r} does not fit {dtype} (largest |value| {mean.abs().max():.3g})")
+        weights[key] = _stored(torch.stack([v.double() for v in values]).mean(0), dtype, f"averaged weight {key!r}")
     sources = [{"epoch": c["epoch"], "step": c["step"], "cpu_hours": round(c.get("cpu_time", 0.0) / 3600, 3)}
                for c in ckpts]
-    last = ckpts[-1]
-    restarts = last.get("restarts", []) + [{"epoch": last["epoch"], "step": last["step"], "weights": str(dtype)}]
-    save_checkpoint(last | {"model": weights, "optimizer": None, "restarts": restarts, "averaged_from": sources}, dst)
-    return Path(dst)
+    return _save_compact(ckpts[-1], weights, dtype, dst, averaged_from=sources)
 
 
 def _save_state(state: dict, cfg: TrainConfig, path: Path) -> None:
