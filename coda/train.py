@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import math
 import shlex
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -466,6 +467,7 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
     warn_if_emulated(precision, device)
     if progress:
         print(f"precision: {precision} ({reason})", flush=True)
+    draw_bar = progress and _bar_renders()
     model, opt = state["model"], state["optimizer"]
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     images_all = train_data.images.to(device)
@@ -482,7 +484,7 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
         gen = torch.Generator()  # augmentation draws on the CPU: the same run on any device
         gen.set_state(state["generator"])
         bar = tqdm(range(state["step"], steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False, mininterval=5)
+                   disable=not draw_bar, leave=False, mininterval=5)
         sums = state["epoch_sums"]
         # Summed on the device, read only at checkpoints: no host-device sync per step.
         loss_sum = torch.tensor(sums["loss_sum"], dtype=torch.float64, device=device)
@@ -514,7 +516,7 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
             steps_this_call += 1
             stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
             checkpoint = path is not None and (state["step"] % save_every == 0 or stop) and state["step"] < steps_per_epoch
-            if progress and (step % 50 == 0 or checkpoint):
+            if draw_bar and (step % 50 == 0 or checkpoint):
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False)
             if checkpoint:
@@ -548,6 +550,16 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
             break
     model.eval()
     return model, state["history"]
+
+
+def _bar_renders() -> bool:
+    """Whether a per-step progress bar shows as a bar here: in a Jupyter kernel (a widget) or on a
+    terminal. Written to a file (``nohup ... > log``) its carriage-return updates would bury the
+    per-epoch lines, so there ``progress`` prints only those."""
+    if "ipykernel" in sys.modules:
+        return True
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, lr: float) -> None:

@@ -8,6 +8,8 @@ import os
 import re
 import shlex
 import shutil
+import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -461,6 +463,24 @@ def test_bad_checkpoint_intervals_raise(kwargs, tmp_path):
     with pytest.raises(ValueError, match="must be"):
         run(RESUME, tmp_path, **kwargs)
     assert not (tmp_path / "last.pt").exists()
+
+
+# ----- what a run prints --------------------------------------------------------------------------
+
+
+def test_a_run_logged_to_a_file_prints_one_line_per_epoch_and_no_bar(tmp_path, capsys, monkeypatch):
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)  # stderr is pytest's capture: not a terminal
+    run(RESUME, tmp_path, progress=True)
+    out, err = capsys.readouterr()
+    assert "\r" not in err and "it/s" not in err, "no progress bar in a log file"
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["1/2", "2/2"]
+
+
+def test_a_run_in_a_jupyter_kernel_draws_its_bar(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    run(RESUME, tmp_path, progress=True)
+    assert "epoch 1/2" in capsys.readouterr().err  # the bar (plain tqdm outside a real kernel)
 
 
 # ----- bad input on the command line, and runs that diverge --------------------------------------
