@@ -28,12 +28,12 @@ import time
 import warnings
 
 import torch
-from tqdm.auto import tqdm
 
 from coda.data import ImageDataset, to_float
 from coda.explainers import Explainer, get_explainer
 from coda.inference import predict
 from coda.models import CoDANet
+from coda.progress import progress_bar
 
 ORDERS = ("least", "most")  # pixel removal: least important first (the paper's), or most
 
@@ -303,7 +303,7 @@ def localisation_scores(model: CoDANet, grids: Grids, explainer: str | Explainer
     explainer = as_explainer(explainer)
     device = next(model.parameters()).device
     scores, clock = [], Clock(device)
-    for g in tqdm(range(len(grids)), desc=f"localisation {explainer.name}", disable=not progress, leave=False):
+    for g in progress_bar(range(len(grids)), f"localisation {explainer.name}", enabled=progress):
         x = grids.images[g : g + 1].to(device)
         x = to_float(x) if x.dtype == torch.uint8 else x.float()
         with clock:
@@ -461,7 +461,7 @@ def pixel_removal(model: CoDANet, images: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     device = next(model.parameters()).device
     probabilities, clock = [], Clock(device)
-    for start in tqdm(range(0, len(images), batch_size), desc=f"removal {explainer.name}", disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(images), batch_size), f"removal {explainer.name}", enabled=progress):
         x = images[start : start + batch_size].to(device)
         x = to_float(x) if x.dtype == torch.uint8 else x.float()
         y = labels[start : start + batch_size].to(device)

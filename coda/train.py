@@ -15,14 +15,12 @@ import argparse
 import dataclasses
 import math
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from coda import cli
 from coda.checkpoint import folder_lock, load_checkpoint, remove_temporaries, save_checkpoint
@@ -30,6 +28,7 @@ from coda.data import ImageDataset, augment, load_cifar10, to_float
 from coda.hardware import PRECISIONS, resolve_precision, warn_if_emulated
 from coda.inference import autocast, evaluate_accuracy, predict  # noqa: F401  (re-exported)
 from coda.models import CONFIGS, CoDANet, build_model
+from coda.progress import bar_renders, progress_bar
 
 SCHEDULES = ("paper", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -467,7 +466,7 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
     warn_if_emulated(precision, device)
     if progress:
         print(f"precision: {precision} ({reason})", flush=True)
-    draw_bar = progress and _bar_renders()
+    draw_bar = progress and bar_renders()
     model, opt = state["model"], state["optimizer"]
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     images_all = train_data.images.to(device)
@@ -483,8 +482,8 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
         order = torch.randperm(len(train_data), generator=_epoch_generator(cfg, epoch)).to(device)
         gen = torch.Generator()  # augmentation draws on the CPU: the same run on any device
         gen.set_state(state["generator"])
-        bar = tqdm(range(state["step"], steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not draw_bar, leave=False, mininterval=5)
+        bar = progress_bar(range(state["step"], steps_per_epoch), f"epoch {epoch + 1}/{cfg.epochs}",
+                           enabled=draw_bar, mininterval=5)
         sums = state["epoch_sums"]
         # Summed on the device, read only at checkpoints: no host-device sync per step.
         loss_sum = torch.tensor(sums["loss_sum"], dtype=torch.float64, device=device)
@@ -550,16 +549,6 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
             break
     model.eval()
     return model, state["history"]
-
-
-def _bar_renders() -> bool:
-    """Whether a per-step progress bar shows as a bar here: in a Jupyter kernel (a widget) or on a
-    terminal. Written to a file (``nohup ... > log``) its carriage-return updates would bury the
-    per-epoch lines, so there ``progress`` prints only those."""
-    if "ipykernel" in sys.modules:
-        return True
-    isatty = getattr(sys.stderr, "isatty", None)
-    return bool(isatty and isatty())
 
 
 def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, lr: float) -> None:

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,22 @@ def test_localisation_with_a_real_explainer(tiny):
     result = localisation_scores(tiny, grids, "coda")
     assert result.scores.shape == (1, 4) and ((result.scores >= 0) & (result.scores <= 1)).all()
     assert result.seconds > 0 and result.n_attributions == 4
+
+
+def test_evaluation_logged_to_a_file_draws_no_bar(tiny, capsys, monkeypatch):
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)  # stderr is pytest's capture: not a terminal
+    localisation_scores(tiny, coded_grids(2, n=2), "coda", progress=True)
+    test = coda.data.load_cifar10("test", download=False).first(2)
+    pixel_removal(tiny, test.images, test.labels, "grad", batch_size=1, eval_batch_size=100, progress=True)
+    assert capsys.readouterr().err == "", "a log file gets no carriage-return bars"
+
+
+def test_evaluation_in_a_jupyter_kernel_draws_its_bars(tiny, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    localisation_scores(tiny, coded_grids(2, n=2), "coda", progress=True)
+    assert "localisation coda" in capsys.readouterr().err  # the bar (plain tqdm outside a real kernel)
+    localisation_scores(tiny, coded_grids(2, n=2), "coda", progress=False)
+    assert capsys.readouterr().err == "", "progress=False draws nothing anywhere"
 
 
 # ----- pixel removal -----------------------------------------------------------------------------
