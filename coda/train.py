@@ -28,7 +28,7 @@ from coda.data import ImageDataset, augment, load_cifar10, to_float
 from coda.hardware import PRECISIONS, resolve_precision, warn_if_emulated
 from coda.inference import autocast, evaluate_accuracy, predict  # noqa: F401  (re-exported)
 from coda.models import CONFIGS, CoDANet, build_model
-from coda.progress import bar_renders, progress_bar
+from coda.progress import progress_bar
 
 SCHEDULES = ("paper", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -466,7 +466,6 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
     warn_if_emulated(precision, device)
     if progress:
         print(f"precision: {precision} ({reason})", flush=True)
-    draw_bar = progress and bar_renders()
     model, opt = state["model"], state["optimizer"]
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     images_all = train_data.images.to(device)
@@ -483,7 +482,7 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
         gen = torch.Generator()  # augmentation draws on the CPU: the same run on any device
         gen.set_state(state["generator"])
         bar = progress_bar(range(state["step"], steps_per_epoch), f"epoch {epoch + 1}/{cfg.epochs}",
-                           enabled=draw_bar, mininterval=5)
+                           enabled=progress, mininterval=5)
         sums = state["epoch_sums"]
         # Summed on the device, read only at checkpoints: no host-device sync per step.
         loss_sum = torch.tensor(sums["loss_sum"], dtype=torch.float64, device=device)
@@ -515,7 +514,7 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
             steps_this_call += 1
             stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
             checkpoint = path is not None and (state["step"] % save_every == 0 or stop) and state["step"] < steps_per_epoch
-            if draw_bar and (step % 50 == 0 or checkpoint):
+            if not bar.disable and (step % 50 == 0 or checkpoint):
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False)
             if checkpoint:
