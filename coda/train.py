@@ -1,4 +1,4 @@
-"""Training CoDA-Nets: BCE on one-hot targets, Adam (or AdamW, SGD), resumable checkpoints.
+"""Training CoDA-Nets: BCE on one-hot targets (or cross-entropy), Adam (or AdamW, SGD), resumable checkpoints.
 
 Run from the command line for long jobs (checkpoints are written as it goes; running the
 same command again resumes from ``<out>/last.pt``)::
@@ -32,6 +32,7 @@ from coda.progress import progress_bar
 
 SCHEDULES = ("paper", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LOSSES = ("bce", "ce")
 SGD_MOMENTUM = 0.9  # Nesterov momentum of "sgd", as for the CIFAR ResNets
 CHECKPOINT_FORMAT = 1
 REWARM_EPOCHS = 0.25  # learning-rate ramp after a restart from a compact checkpoint
@@ -50,6 +51,9 @@ class TrainConfig:
         The BCE loss averages over batch and classes, so its gradients are about 1/10 of a
         softmax cross-entropy's on 10 classes: Adam(W) does not mind, SGD needs a larger lr.
     weight_decay : applied to every trainable parameter by "adamw" and "sgd"; 0 for "adam".
+    loss : "bce" (the paper's: one sigmoid per class on one-hot targets, :func:`bce_loss`) or
+        "ce" (softmax cross-entropy, :func:`ce_loss`: the usual loss of conventional networks
+        such as the ResNet-20 baseline; its gradients are about 10x BCE's on 10 classes).
     schedule : "paper" (lr / 1.5 every 30 epochs) or "cosine" (linear warm-up over
         ``warmup_epochs``, then cosine decay to 0 at the last step).
     precision : "auto", "fp32", "bf16" or "fp16". "auto" is resolved on the machine that
@@ -87,12 +91,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     embedding_from: str | None = None
     freeze_embedding: bool = False
+    loss: str = "bce"
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if not (_is_real(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if self.optimizer == "adam" and self.weight_decay:
@@ -181,6 +188,18 @@ def bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, targets)
 
 
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy, averaged over the batch: logits (B, classes), labels (B,)."""
+    return F.cross_entropy(logits, labels)
+
+
+def loss_function(name: str):
+    """The loss :class:`TrainConfig` ``loss`` names: :func:`bce_loss` or :func:`ce_loss`."""
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
+    return bce_loss if name == "bce" else ce_loss
+
+
 def _epoch_generator(cfg: TrainConfig, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
 
@@ -245,7 +264,7 @@ def _init_from_shipped(model: CoDANet, name: str) -> None:
 
 def _zero_sums() -> dict:
     """Running sums of the epoch in progress, saved with mid-epoch checkpoints so that a
-    resumed epoch's history covers all of its steps: images seen, summed BCE, correct."""
+    resumed epoch's history covers all of its steps: images seen, summed loss, correct."""
     return {"seen": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0}
 
 
@@ -404,7 +423,7 @@ def train(
 
 
 def seconds_per_step(cfg: TrainConfig, device: str | torch.device | None = None, steps: int = 3) -> float:
-    """Wall time (s) of one optimiser step of ``cfg``'s training: forward, BCE, backward and update
+    """Wall time (s) of one optimiser step of ``cfg``'s training: forward, loss, backward and update
     of a fresh model, in the precision the run would use, on a random batch
     (``cfg.batch_size``, 3, 32, 32). The fastest of ``steps`` timed steps after one warm-up step
     (other processes only slow a step down). What a training would cost before running it; the
@@ -420,7 +439,7 @@ def seconds_per_step(cfg: TrainConfig, device: str | torch.device | None = None,
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        train_step(model, opt, scaler, x, y, device, precision)
+        train_step(model, opt, scaler, x, y, device, precision, loss=cfg.loss)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
@@ -428,15 +447,16 @@ def seconds_per_step(cfg: TrainConfig, device: str | torch.device | None = None,
 
 
 def train_step(model: CoDANet, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, x: torch.Tensor,
-               y: torch.Tensor, device: torch.device, precision: str) -> None:
+               y: torch.Tensor, device: torch.device, precision: str, loss: str = "bce") -> None:
     """One optimiser step on the batch ``x`` (B, 3, H, W), labels ``y`` (B,): forward under
-    ``precision``'s autocast, BCE in float32, backward and update through ``scaler``. What
+    ``precision``'s autocast, the ``loss`` ("bce" or "ce") in float32, backward and update
+    through ``scaler``. What
     :func:`seconds_per_step` and the training benchmark time (the trainer's own loop also
     accumulates gradients and statistics)."""
     opt.zero_grad(set_to_none=True)
     with autocast(device, precision):
         logits = model(x)
-    scaler.scale(bce_loss(logits.float(), y)).backward()
+    scaler.scale(loss_function(loss)(logits.float(), y)).backward()
     scaler.step(opt)
     scaler.update()
 
@@ -468,6 +488,7 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
         print(f"precision: {precision} ({reason})", flush=True)
     model, opt = state["model"], state["optimizer"]
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loss_fn = loss_function(cfg.loss)
     images_all = train_data.images.to(device)
     labels_all = train_data.labels.to(device)
     steps_this_call = 0
@@ -502,7 +523,7 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
             for xb, yb in zip(x.chunk(cfg.accumulate), y.chunk(cfg.accumulate), strict=True):
                 with autocast(device, precision):
                     logits = model(xb)
-                loss = bce_loss(logits.float(), yb)
+                loss = loss_fn(logits.float(), yb)
                 scaler.scale(loss / cfg.accumulate).backward()
                 loss_sum += loss.detach().double() * len(yb)
                 correct += (logits.argmax(1) == yb).sum()
@@ -606,6 +627,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=SCHEDULES, default=TrainConfig.schedule)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer)
     p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    p.add_argument("--loss", choices=LOSSES, default=TrainConfig.loss,
+                   help="bce: the paper's (default); ce: softmax cross-entropy, for conventional networks")
     p.add_argument("--precision", choices=PRECISIONS, default=TrainConfig.precision)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--init-from", help="start from the weights of this shipped model (coda.list_pretrained())")
@@ -635,7 +658,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpar
                           precision=a.precision, augment=not a.no_augment, seed=a.seed,
                           train_subset=a.train_subset, test_subset=a.test_subset, init_from=a.init_from,
                           optimizer=a.optimizer, weight_decay=a.weight_decay, embedding_from=a.embedding_from,
-                          freeze_embedding=a.freeze_embedding)
+                          freeze_embedding=a.freeze_embedding, loss=a.loss)
     except ValueError as err:  # the usage line and the message, exit status 2
         p.error(str(err))
     return cfg, a
@@ -659,6 +682,8 @@ def train_command(cfg: TrainConfig, out: str = "runs/NAME") -> str:
     args += [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in _INT_OPTIONS if getattr(cfg, k) is not None]
     args += [f"--lr {cfg.lr!r}", f"--warmup-epochs {cfg.warmup_epochs!r}", f"--schedule {cfg.schedule}",
              f"--optimizer {cfg.optimizer}", f"--weight-decay {cfg.weight_decay!r}", f"--precision {cfg.precision}"]
+    if cfg.loss != "bce":  # written only when it is not the paper's, so older commands stay as they were
+        args.append(f"--loss {cfg.loss}")
     if not cfg.augment:
         args.append("--no-augment")
     if cfg.init_from is not None:

@@ -4,6 +4,7 @@ The runs use the 5-layer "cifar10-tiny" model on a few dozen small synthetic ima
 is convolutional with sum pooling, so 8x8 images work); one run uses real CIFAR-10 if cached.
 """
 
+import dataclasses
 import os
 import re
 import shlex
@@ -102,6 +103,7 @@ def test_cosine_without_warmup_starts_at_peak():
         ({"epochs": 2.5}, "epochs must be an int"),
         ({"batch_size": True}, "batch_size must be an int"),
         ({"model": "resnet50"}, "unknown model 'resnet50'"),
+        ({"loss": "mse"}, r"loss must be one of \('bce', 'ce'\), got 'mse'"),
         ({"model_overrides": {"temperature": float("inf")}}, "temperature must be a finite number > 0"),
         ({"model_overrides": {"logit_bias": float("nan")}}, "logit_bias must be a finite number"),
         ({"model_overrides": {"stem_depth": 1.5}}, r"stem_depth must be an int in \[0, 9\], got 1.5"),
@@ -154,6 +156,7 @@ def test_command_line_of_the_long_cifar_run():
             warmup_epochs=0.25,
         ),
         TrainConfig(model="cifar10-resnet20", optimizer="sgd", lr=0.5, weight_decay=5e-4),
+        TrainConfig(model="cifar10-resnet20", optimizer="sgd", lr=0.1, weight_decay=5e-4, loss="ce"),
         TrainConfig(
             model="cifar10-hybrid",
             model_overrides={"resnet_stages": 2, "rank_factor": 8, "temperature": 1000.0},
@@ -169,6 +172,37 @@ def test_train_command_parses_back_to_the_config(cfg):
     assert words[:3] == ["python", "-m", "coda.train"]
     parsed, args = T.config_from_args(words[3:])
     assert parsed == cfg and args.out == "runs/some name"
+
+
+def test_train_command_names_the_loss_only_when_it_is_not_the_papers():
+    assert "--loss" not in T.train_command(TrainConfig())
+    assert T.train_command(TrainConfig(loss="ce")).endswith("--loss ce")
+
+
+def test_losses_are_bce_on_one_hot_targets_and_softmax_cross_entropy():
+    """Both against a float64 oracle written out from their definitions."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 10, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 3, 9, 3, 7])
+    onehot = torch.zeros(5, 10, dtype=torch.float64)
+    onehot[torch.arange(5), labels] = 1
+    p = 1 / (1 + torch.exp(-logits))
+    bce = -(onehot * torch.log(p) + (1 - onehot) * torch.log(1 - p)).mean()
+    ce = -(logits[torch.arange(5), labels] - torch.log(torch.exp(logits).sum(1))).mean()
+    assert T.loss_function("bce")(logits, labels).item() == pytest.approx(bce.item(), rel=1e-12)
+    assert T.loss_function("ce")(logits, labels).item() == pytest.approx(ce.item(), rel=1e-12)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        T.loss_function("hinge")
+
+
+def test_a_run_trains_with_the_loss_its_config_names():
+    """cfg.loss reaches the training loop: a cross-entropy run's first loss is near log(10)
+    (the BCE of the same start is near 0.325), and it learns."""
+    cfg = TrainConfig(**TINY, epochs=3, batch_size=8, augment=False, loss="ce")
+    _, history = run(cfg)
+    _, bce_history = run(dataclasses.replace(cfg, loss="bce"))
+    assert history[0]["train_loss"] > 4 * bce_history[0]["train_loss"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
 def test_train_command_rejects_overrides_without_an_option():
