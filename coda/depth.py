@@ -38,7 +38,7 @@ from coda import cli
 from coda.checkpoint import load_checkpoint, write_json
 from coda.data import PROJECT_ROOT, ImageDataset, load_cifar10
 from coda.explainers import layer_explainer
-from coda.inference import evaluate_accuracy, predict
+from coda.inference import predict
 from coda.metrics import Grids, grids_from_logits, localisation_scores
 from coda.models import CoDANet
 
@@ -110,14 +110,15 @@ def evaluate_depth(models: Mapping[str, CoDANet], test: ImageDataset, n_grids: i
     model present: reference_layer, reference_localisation_mean and _median (the pure model
     from that layer, same grids).
     """
-    coda_models = {name: m for name, m in models.items() if len(m.layers)}
-    if grids is None and coda_models:
-        grids = shared_grids([predict(m, test.images) for m in coda_models.values()], test, n_grids, seed)
+    logits = {name: predict(m, test.images) for name, m in models.items()}  # one pass per model: accuracy and grids
+    coda_names = [name for name, m in models.items() if len(m.layers)]
+    if grids is None and coda_names:
+        grids = shared_grids([logits[name] for name in coda_names], test, n_grids, seed)
     rows = []
     for name, model in models.items():
         d = model.config.resnet_stages
         row = {"name": name, "d": d, "parameters": sum(p.numel() for p in model.parameters()),
-               "test_accuracy": evaluate_accuracy(model, test)["accuracy"],
+               "test_accuracy": (logits[name].argmax(1) == test.labels).float().mean().item(),
                "explained_from": _explained_from(model), "localisation_mean": None,
                "localisation_median": None, "n_grids": 0}
         if len(model.layers):

@@ -8,6 +8,7 @@ import torch
 from coda import build_model
 from coda import depth as D
 from coda.data import ImageDataset
+from coda.inference import evaluate_accuracy
 from coda.metrics import grids_from_logits
 
 
@@ -82,6 +83,8 @@ def test_evaluate_depth_rows_table_and_figure(monkeypatch, tmp_path):
     for r in (pure, hybrid):
         assert r["n_grids"] == 2 and 0 <= r["localisation_mean"] <= 1 and 0 <= r["test_accuracy"] <= 1
     assert hybrid["parameters"] == sum(p.numel() for p in models[D.hybrid_name(1)].parameters())
+    for r in rows:  # accuracy from the one prediction pass equals the trainer's evaluation
+        assert r["test_accuracy"] == pytest.approx(evaluate_accuracy(models[r["name"]], test)["accuracy"], abs=1e-9)
 
     table = D.markdown_table(rows)
     assert table.count("\n") == 1 + len(rows) and "| 3 (all) | `cifar10-resnet20-e70-T64` |" in table
