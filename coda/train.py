@@ -450,9 +450,8 @@ def train_step(model: CoDANet, opt: torch.optim.Optimizer, scaler: torch.amp.Gra
                y: torch.Tensor, device: torch.device, precision: str, loss: str = "bce") -> None:
     """One optimiser step on the batch ``x`` (B, 3, H, W), labels ``y`` (B,): forward under
     ``precision``'s autocast, the ``loss`` ("bce" or "ce") in float32, backward and update
-    through ``scaler``. What
-    :func:`seconds_per_step` and the training benchmark time (the trainer's own loop also
-    accumulates gradients and statistics)."""
+    through ``scaler``. What :func:`seconds_per_step` and the training benchmark time (the
+    trainer's own loop also accumulates gradients and statistics)."""
     opt.zero_grad(set_to_none=True)
     with autocast(device, precision):
         logits = model(x)
