@@ -32,7 +32,12 @@ def test_gradcheck_on_cuda():
     A, B, b = (t.to(CUDA).requires_grad_() for t in conv_params(c_in=2, c_out=3, k=3, r=4))
     x = torch.rand(1, 2, 5, 5, dtype=torch.float64, device=CUDA, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *a: F_dau.dau_conv2d(*a, 1, 1, "squash"), (x, A, B, b))
-    assert torch.autograd.gradgradcheck(lambda *a: F_dau.dau_conv2d(*a, 1, 1, "squash"), (x, A, B, b))
+    # On CUDA the double backward is not bit-reproducible (overlapping patches are summed by
+    # kernels that accumulate in no fixed order): on an H200 (session 13) gradgradcheck failed
+    # only its reentrancy check, at the default tolerance of 0, with the analytical gradient
+    # matching the numerical one.
+    assert torch.autograd.gradgradcheck(lambda *a: F_dau.dau_conv2d(*a, 1, 1, "squash"), (x, A, B, b),
+                                        nondet_tol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
