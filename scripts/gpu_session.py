@@ -27,7 +27,22 @@ what it made as a few files. Two commands, run in the repository root of the dev
       the time allows; its compact state and a 500-grid evaluation come back.
 
 Every job checkpoints as it goes, so a job stopped at the deadline still returns its last state.
-``results/recipes/NOTES.md`` says how the returned files were used.
+``results/recipes/NOTES.md`` says how the returned files were used (session 13).
+
+Getting the data there. The tracked tree is mostly shipped weights and figures (58 MB), which
+the jobs do not need, so for the calls only take the large files out of the index and ignore
+them, then put them back (commit nothing in between)::
+
+    git ls-files -z | xargs -0 du -b | awk '$1>100000 && $2!="data/pretrained/manifest.json" {print $2}' > big.txt
+    git rm -q --cached --pathspec-from-file=big.txt && sed 's#^#/#' big.txt >> .git/info/exclude
+    # ... the device calls ...
+    git reset -q -- $(cat big.txt)    # and remove those lines from .git/info/exclude again
+
+Call 1 carries ``data/cifar10-jpeg`` (the training pack), ``runs/gpu-in`` (the committed states
+to continue) and ``.whl`` (captum, which the GPU image lacks) and runs ``smoke``; call 2, within
+the 30 s a machine stays warm, carries ``data/cifar10`` (the exact ``test.npz``) and runs
+``main``: ignored paths the first call wrote stay on the machine. ``GPU_SESSION_DRY=1`` runs
+the same plumbing on the CPU with a few images, a rehearsal before a lease.
 """
 
 from __future__ import annotations
