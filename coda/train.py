@@ -481,6 +481,12 @@ def _train(cfg: TrainConfig, out: str | Path | None, device: str | torch.device 
 
     path = Path(out) / "last.pt" if out is not None else None
     state = _load_state(cfg, path, device) if path is not None and path.exists() else _new_state(cfg, device)
+    if state["step"] > steps_per_epoch:
+        raise ValueError(
+            f"{path} stopped at step {state['step']} of epoch {state['epoch'] + 1}, but {len(train_data)} training "
+            f"images at batch {cfg.batch_size} make {steps_per_epoch} steps per epoch: resume it with the training "
+            "data it was saved with"
+        )
     precision, reason = resolve_precision(cfg.precision, device)
     warn_if_emulated(precision, device)
     if progress:

@@ -364,6 +364,12 @@ def test_resuming_with_another_config_raises(tmp_path):
         run(TrainConfig(**{**TINY, "lr": 2e-3}, epochs=2, batch_size=8), tmp_path)
 
 
+def test_resuming_with_fewer_training_images_than_the_checkpoint_step_raises(tmp_path):
+    run(RESUME, tmp_path, stop_after_steps=5)  # step 5 of 6 in an epoch of 48 images
+    with pytest.raises(ValueError, match="5 of epoch 1, but 16 training images at batch 8 make 2 steps"):
+        train(RESUME, tmp_path, device="cpu", train_data=toy_data(16), test_data=toy_data(20, seed=1), progress=False)
+
+
 def test_checkpoint_keys_are_the_documented_format(tmp_path):
     """The keys a long-running job's resume depends on; change them only with CHECKPOINT_FORMAT."""
     run(RESUME, tmp_path, stop_after_steps=2)
