@@ -1,54 +1,55 @@
-"""One lent GPU machine, one call: finish, train and evaluate what the CPUs cannot in a session.
+"""One lent GPU machine, two calls: train and evaluate what the CPUs cannot in a session.
 
-The device tool gives a session about 15 minutes of one GPU and carries at most 64 MiB with the
-checkout, so this script is written to run unattended under a hard deadline and to bring back
-what it made as a few files. Two commands, run in the repository root of the device's copy:
+The device tool gives a session about 15 minutes of one GPU and carries at most 64 MiB with
+the checkout per call; whatever a call starts as a daemon (a new process session) runs on while
+the machine stays warm, which is 30 s after each call. This script uses that to keep the GPU
+busy from the first call to the last (session 14; session 13's version is in git history):
 
-``smoke``
-    Decodes the CIFAR-10 JPEG pack (``python -m coda.data pack``, carried in
-    ``data/cifar10-jpeg/``) once into ``runs/gpu-data/cifar10/train.npz``, runs
-    ``tests/test_cuda.py`` and times one optimiser step of each model the main command trains.
-``main --seconds S --out DIR``
-    Runs these jobs side by side on the GPU, each its own process, and stops them all S seconds
-    after the start, then packs their results into DIR (the device's ``$OUT``):
+``start``
+    Call 1, which carries the JPEG packs of the CIFAR-10 training and test images
+    (``python -m coda.data pack --splits train test``, in ``data/cifar10-jpeg/``) and the
+    captum wheel (``.whl/``). Decodes the packs once, starts CUDA's multi-process service (the
+    kernels of several processes then share the GPU instead of taking turns), launches the
+    training jobs below as daemons, runs ``tests/test_cuda.py`` beside them and returns.
+``finish --seconds S --out DIR``
+    Call 2, at once, which carries the exact test images (``data/cifar10/test.npz``), the
+    default model and its results folder. Sets the deadline S seconds from now, runs the
+    post-hoc evaluation of the default model until then, stops every job at the deadline and
+    packs what they made into DIR (the device's ``$OUT``; at most 8 files of 16 MiB).
 
-    * ``f16``: the recipe study's long run ``f16-b64-cosine`` from its committed compact state
-      (copied to ``runs/gpu-in/f16-b64-cosine.pt``) to the end of its 60-epoch cosine, keeping
-      the compact state of each of the last four epochs; then the weight-average rule (the
-      average of the last four epochs ships if it localises better on 100 grids than the last
-      state), export as ``cifar10-9L-S-f16-T1000`` (the new default) and the full evaluation:
-      every cheap method on 500 grids and 1,024 removal images, the expensive ones (IntGrad,
-      5x5 and 9x9 occlusion, LIME) on 50 grids and 128 removal images.
-    * ``resnet``: the cross-entropy ResNet-20 ``cifar10-resnet20-ce-T64`` from its committed
-      checkpoint to epoch 50, exported; then the three hybrids ``cifar10-hybrid-d{1,2,3}-f8-T1000``
-      on its stages, side by side, as far as the time allows (compact states come back).
-    * ``paper``: the paper's exact recipe from a random initialisation (9L-S, rank factor 32,
-      T = 1000, batch 16, Adam 2.5e-4 divided by 1.5 every 30 epochs, 200 epochs) as far as
-      the time allows; its compact state and a 500-grid evaluation come back.
+The jobs (issue 16, the interpretable-depth study, and issue 15's post-hoc baselines):
 
-Every job checkpoints as it goes, so a job stopped at the deadline still returns its last state.
-``results/recipes/NOTES.md`` says how the returned files were used (session 13).
+* ``resnet``: ResNet-20 from scratch, softmax cross-entropy, SGD with Nesterov momentum at
+  peak rate 0.2 on batches of 256, weight decay 5e-4, two warm-up epochs and cosine decay over
+  100 epochs, float32; exported (provisionally) as :data:`EMBEDDING`, then it launches the
+  hybrids on its stages.
+* ``resnet-b128``: the same at batch 128 and rate 0.1 (the textbook batch), for comparison.
+* ``coda0`` (the pure 9L-S at rank factor 8, from t = 0) and ``coda1-3`` (the hybrids, each
+  fine-tuning the first d stages of :data:`EMBEDDING` under CoDA layers): one budget for all,
+  :data:`CODA_EPOCHS` epochs at batch 128, Adam at peak rate 1e-3, one warm-up epoch, cosine
+  decay, BCE, bf16 autocast.
+* ``posthoc``: ``coda.evaluate`` of the default model, the cheap methods on the full protocol
+  (500 grids, 1,024 removal images) first, then the expensive ones on 50 grids and 128 images.
 
-Getting the data there. The tracked tree is mostly shipped weights and figures (58 MB), which
-the jobs do not need, so for the calls only take the large files out of the index and ignore
-them, then put them back (commit nothing in between)::
+The per-epoch test accuracy the training jobs log is on the JPEG copy of the test images (a
+monitor only); every number the project reports is measured afterwards on the exact ones.
+Back on the CPU the returned states are exported with ``coda.pretrained.export_pretrained``.
+
+Getting the data there: the tracked tree is mostly shipped weights and figures, which the
+jobs do not need, so for the two calls the large files leave the index and are ignored, and
+come back right after (commit nothing in between)::
 
     git ls-files -z | xargs -0 du -b | awk '$1>100000 && $2!="data/pretrained/manifest.json" {print $2}' > big.txt
     git rm -q --cached --pathspec-from-file=big.txt && sed 's#^#/#' big.txt >> .git/info/exclude
-    # ... the device calls ...
+    # ... the two device calls ...
     git reset -q -- $(cat big.txt)    # and remove those lines from .git/info/exclude again
 
-Call 1 carries ``data/cifar10-jpeg`` (the training pack), ``runs/gpu-in`` (the committed states
-to continue) and ``.whl`` (captum, which the GPU image lacks) and runs ``smoke``; call 2, within
-the 30 s a machine stays warm, carries ``data/cifar10`` (the exact ``test.npz``) and runs
-``main``: ignored paths the first call wrote stay on the machine. ``GPU_SESSION_DRY=1`` runs
-the same plumbing on the CPU with a few images, a rehearsal before a lease.
+``GPU_SESSION_DRY=1`` runs the same plumbing on the CPU with a few images and epochs.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -57,112 +58,45 @@ import subprocess
 import sys
 import tarfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IN = ROOT / "runs" / "gpu-in"
 WORK = ROOT / "runs" / "gpu"
-DATA = ROOT / "runs" / "gpu-data"
+JPEG_DATA = ROOT / "runs" / "gpu-data"  # the decoded JPEG packs, as a coda data folder
 DEFAULT_NAME = "cifar10-9L-S-f16-T1000"
-RESNET_NAME = "cifar10-resnet20-ce-T64"
-RESNET_ARGS = ["--model", "cifar10-resnet20", "--epochs", "50", "--batch-size", "128", "--accumulate", "1",
-               "--seed", "0", "--lr", "0.1", "--warmup-epochs", "1.0", "--schedule", "cosine", "--optimizer", "sgd",
-               "--weight-decay", "0.0005", "--precision", "fp32", "--loss", "ce"]
-CHEAP = "coda,grad,ixg,gradcam,guided_backprop,deeplift"
-EXPENSIVE = "intgrad,occ5,occ9,lime"
-# GPU_SESSION_DRY=1: the same plumbing on the CPU with a few images (a rehearsal before a lease).
-DRY = os.environ.get("GPU_SESSION_DRY") == "1"
+EMBEDDING = "cifar10-resnet20-e100-T64"
+CODA_EPOCHS = 12
+DRY = os.environ.get("GPU_SESSION_DRY") == "1"  # a rehearsal on the CPU
 DEVICE = "cpu" if DRY else "cuda"
+MPS_ENV = {"CUDA_MPS_PIPE_DIRECTORY": "/tmp/mps-pipe", "CUDA_MPS_LOG_DIRECTORY": "/tmp/mps-log"}
+CHEAP = "grad,ixg,gradcam,deeplift,guided_backprop"
+EXPENSIVE = ("intgrad", "occ5", "occ9", "lime")
+
+COMMON = ["--seed", "0", "--schedule", "cosine", "--accumulate", "1"]
+RESNET = ["--model", "cifar10-resnet20", "--epochs", "100", "--optimizer", "sgd", "--weight-decay", "0.0005",
+          "--warmup-epochs", "2.0", "--precision", "fp32", "--loss", "ce", *COMMON]
+CONVENTIONAL_RUNS = {
+    "resnet": ("resnet20-b256-e100", [*RESNET, "--batch-size", "256", "--lr", "0.2"]),
+    "resnet-b128": ("resnet20-b128-e100", [*RESNET, "--batch-size", "128", "--lr", "0.1"]),
+}
+
+
+def coda_name(d: int) -> str:
+    """The run (and shipped) name of the d-stage hybrid; d = 0 is the pure 9L-S."""
+    return f"cifar10-9L-S-f8-e{CODA_EPOCHS}-T1000" if d == 0 else f"cifar10-hybrid-d{d}-f8-e{CODA_EPOCHS}-T1000"
+
+
+def coda_args(d: int) -> list[str]:
+    args = ["--rank-factor", "8", "--temperature", "1000.0", "--epochs", str(CODA_EPOCHS), "--batch-size", "128",
+            "--lr", "0.001", "--warmup-epochs", "1.0", "--optimizer", "adam", "--weight-decay", "0.0",
+            "--precision", "auto", "--loss", "bce", "--test-subset", "2000", *COMMON]
+    if d == 0:
+        return ["--model", "cifar10-9L-S", *args]
+    return ["--model", "cifar10-hybrid", "--resnet-stages", str(d), "--embedding-from", EMBEDDING, *args]
 
 
 def log(job: str, text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')} {job}] {text}", flush=True)
-
-
-@contextmanager
-def manifest_lock():
-    """Exports of several jobs read-modify-write data/pretrained/manifest.json: one at a time."""
-    WORK.mkdir(parents=True, exist_ok=True)
-    with open(WORK / "manifest.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
-def load_data():
-    from coda.data import load_cifar10
-
-    train, test = load_cifar10("train", DATA), load_cifar10("test", DATA)
-    return (train.first(256), test.first(300)) if DRY else (train, test)
-
-
-def start_from(src: Path, out: Path) -> None:
-    """Copy a committed state to ``out/last.pt`` unless the run there is further along."""
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "last.pt").exists():
-        return
-    shutil.copyfile(src, out / "last.pt")
-    if DRY:  # a few images make a shorter epoch than the state's step: start that epoch again
-        from coda.checkpoint import load_checkpoint, save_checkpoint
-
-        ckpt = load_checkpoint(out / "last.pt")
-        ckpt["step"] = 0
-        ckpt["epoch"] = int(os.environ.get("GPU_SESSION_DRY_EPOCH", ckpt["epoch"]))
-        save_checkpoint(ckpt, out / "last.pt")
-
-
-def train_until(cfg, out: Path, stop_at: float, train_data, test_data, keep_epochs=(), chunk: int = 400) -> dict:
-    """Train ``cfg`` in ``out`` (resumable) until it is finished or the clock passes ``stop_at``.
-
-    Chunks end at epoch boundaries, where the compact state of each epoch in ``keep_epochs``
-    is kept as ``out/epoch-<e>.pt``. Returns the last checkpoint.
-    """
-    from coda.checkpoint import load_checkpoint
-    from coda.train import compact_checkpoint, train
-
-    steps_per_epoch = len(train_data) // cfg.batch_size
-    path = out / "last.pt"
-    while True:
-        ckpt = load_checkpoint(path) if path.exists() else {"epoch": 0, "step": 0}
-        if ckpt["step"] == 0 and ckpt["epoch"] in keep_epochs and not (out / f"epoch-{ckpt['epoch']}.pt").exists():
-            compact_checkpoint(path, out / f"epoch-{ckpt['epoch']}.pt")
-        if ckpt["epoch"] >= cfg.epochs or time.time() > stop_at:
-            return ckpt
-        steps = max(1, min(chunk, steps_per_epoch - ckpt["step"]))
-        t = time.time()
-        train(cfg, out, device=DEVICE, train_data=train_data, test_data=test_data, stop_after_steps=steps,
-              save_every=steps, progress=False)
-        ckpt = load_checkpoint(path)
-        history = ckpt["history"][-1] if ckpt["history"] else {}
-        log(out.name, f"epoch {ckpt['epoch']} step {ckpt['step']}: {steps} steps in {time.time() - t:.1f} s; "
-            f"last epoch test {history.get('test_accuracy')}")
-
-
-def score(path: Path, test, n_grids: int) -> dict:
-    """Accuracy on the 10,000 test images and localisation on ``n_grids`` grids, on the GPU."""
-    from coda.checkpoint import load_checkpoint
-    from coda.pretrained import model_from_checkpoint
-    from coda.recipes import evaluate_row
-
-    ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt).to(DEVICE).eval()
-    return {"checkpoint": path.name, "epoch": ckpt["epoch"], "step": ckpt["step"],
-            "averaged_from": ckpt.get("averaged_from"), **evaluate_row(model, test, n_grids)}
-
-
-def export(path: Path, name: str, test, default: bool = False) -> dict:
-    """Ship the checkpoint ``path`` as ``name`` (data/pretrained), its accuracy measured as stored."""
-    from coda.checkpoint import load_checkpoint
-    from coda.pretrained import as_stored, export_pretrained, model_from_checkpoint
-    from coda.train import evaluate_accuracy
-
-    model = as_stored(model_from_checkpoint(load_checkpoint(path))).to(DEVICE)
-    result = evaluate_accuracy(model, test, precision="fp32")
-    with manifest_lock():
-        export_pretrained(path, name, test_accuracy=result["accuracy"], per_class=result["per_class"],
-                          test_images=result["n"], default=default)
-    log(name, f"exported: test accuracy {result['accuracy']:.4f}")
-    return {"name": name, "test_accuracy": result["accuracy"]}
 
 
 def write_json(obj, path: Path) -> None:
@@ -170,247 +104,223 @@ def write_json(obj, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
+def deadline() -> float:
+    """The time the jobs must stop by: written by ``finish``; until then, far enough ahead."""
+    path = WORK / "deadline"
+    if path.exists():
+        return float(path.read_text())
+    return (WORK / "started").stat().st_mtime + 1500
+
+
+def load_jpeg_data():
+    from coda.data import load_cifar10
+
+    train, test = load_cifar10("train", JPEG_DATA), load_cifar10("test", JPEG_DATA)
+    return (train.first(512), test.first(256)) if DRY else (train, test)
+
+
+def dry_args(args: list[str]) -> list[str]:
+    """In a rehearsal: one or two epochs."""
+    if not DRY:
+        return args
+    args = list(args)
+    i = args.index("--epochs")
+    args[i + 1] = "2" if "cifar10-resnet20" in args else "1"
+    return args
+
+
+def train_run(args: list[str], out: Path) -> dict:
+    """Train (resume) the coda.train run ``args`` in ``out``; its final checkpoint."""
+    from coda.checkpoint import load_checkpoint
+    from coda.train import config_from_args, train
+
+    cfg, _ = config_from_args(["--out", str(out), *dry_args(args)])
+    train_data, test = load_jpeg_data()
+    t = time.time()
+    train(cfg, out, device=DEVICE, train_data=train_data, test_data=test, save_every=10**9, progress=True)
+    ckpt = load_checkpoint(out / "last.pt")
+    log(out.name, f"finished {ckpt['epoch']} epochs in {time.time() - t:.0f} s")
+    return ckpt
+
+
 # ----- the jobs --------------------------------------------------------------------------------
 
 
-def job_f16(deadline: float) -> None:
-    from coda.recipes import get_recipe
-    from coda.train import average_checkpoints, compact_checkpoint
+def job_conventional(key: str) -> None:
+    from coda.pretrained import export_pretrained, load_model
+    from coda.train import evaluate_accuracy
 
-    cfg = get_recipe("f16-b64-cosine").config
-    out = WORK / "f16-b64-cosine"
-    start_from(IN / "f16-b64-cosine.pt", out)
-    train_data, test = load_data()
-    t = time.time()
-    last = train_until(cfg, out, deadline - 150, train_data, test, keep_epochs=(57, 58, 59, 60), chunk=800)
-    report = {"train_seconds": round(time.time() - t, 1), "epoch": last["epoch"], "step": last["step"]}
-    write_json(report, WORK / "f16-report.json")
-    if last["epoch"] < cfg.epochs:
-        log("f16", "not finished by the deadline")
-        compact_checkpoint(out / "last.pt", WORK / "f16-b64-cosine.compact.pt")
+    run, args = CONVENTIONAL_RUNS[key]
+    ckpt = train_run(args, WORK / run)
+    if key != "resnet":
         return
-    states = [out / f"epoch-{e}.pt" for e in (57, 58, 59, 60) if (out / f"epoch-{e}.pt").exists()]
-    average_checkpoints(states, out / "avg.pt")
-    report["averaged_epochs"] = [p.stem for p in states]
-    rows = {k: score(out / f"{k}.pt", test, 5 if DRY else 100) for k in ("epoch-60", "avg")}
-    chosen = "avg" if rows["avg"]["localisation_mean"] > rows["epoch-60"]["localisation_mean"] else "epoch-60"
-    report.update(scores_100_grids=rows, chosen=chosen)
-    write_json(report, WORK / "f16-report.json")
-    log("f16", f"100 grids: last {rows['epoch-60']['localisation_mean']:.4f}, avg {rows['avg']['localisation_mean']:.4f}"
-        f" -> {chosen}")
-    report["export"] = export(out / f"{chosen}.pt", DEFAULT_NAME, test, default=True)
-    write_json(report, WORK / "f16-report.json")
-    results = ROOT / "results" / DEFAULT_NAME
-    runs = ((CHEAP, []), (EXPENSIVE, ["--n-grids", "50", "--n-removal", "128"]))
-    if DRY:
-        runs = (("coda,grad", ["--smoke"]), ("occ9", ["--smoke"]))
-    for methods, extra in runs:
-        left = deadline - time.time()
-        if left < 30:
-            break
-        command = [sys.executable, "-m", "coda.evaluate", "--model", DEFAULT_NAME, "--device", DEVICE,
-                   "--methods", methods, "--batch-size", "256", "--data", str(DATA), "--out", str(results), *extra]
-        log("f16", " ".join(command[1:]))
-        try:
-            subprocess.run(command, timeout=left - 10, check=False)
-        except subprocess.TimeoutExpired:
-            log("f16", "evaluation stopped by the deadline")
-
-
-def job_resnet(deadline: float) -> None:
-    from coda.train import config_from_args
-
-    cfg, _ = config_from_args(["--out", "x", *RESNET_ARGS])
-    out = WORK / RESNET_NAME
-    start_from(IN / "resnet20-ce.pt", out)
-    train_data, test = load_data()
-    t = time.time()
-    last = train_until(cfg, out, deadline - 60, train_data, test, chunk=400)
-    report = {"train_seconds": round(time.time() - t, 1), "epoch": last["epoch"], "step": last["step"],
-              "history": last["history"][-3:]}
-    write_json(report, WORK / "resnet-report.json")
-    if last["epoch"] < cfg.epochs:
-        return
-    report["export"] = export(out / "last.pt", RESNET_NAME, test)
-    write_json(report, WORK / "resnet-report.json")
-    children = [subprocess.Popen([sys.executable, __file__, "job", f"hybrid{d}", "--deadline", str(deadline)])
-                for d in (3, 2, 1)]
+    # Provisional export, so that the hybrids can name their embedding; the accuracy here is on
+    # the JPEG test copy, and the CPU exports again with the exact images.
+    _, test = load_jpeg_data()
+    result = evaluate_accuracy(load_model(str(WORK / run / "last.pt"))[0].to(DEVICE), test, precision="fp32")
+    export_pretrained(WORK / run / "last.pt", EMBEDDING, test_accuracy=result["accuracy"], test_images=result["n"])
+    log(key, f"exported {EMBEDDING} (JPEG test copy: {result['accuracy']:.4f}, epoch {ckpt['epoch']})")
+    children = [spawn(f"coda{d}") for d in (3, 2, 1)]
     for child in children:
         child.wait()
 
 
-def job_hybrid(d: int, deadline: float) -> None:
-    from coda.train import compact_checkpoint, config_from_args
-
-    name = f"cifar10-hybrid-d{d}-f8-T1000"
-    cfg, _ = config_from_args([
-        "--out", "x", "--model", "cifar10-hybrid", "--temperature", "1000.0", "--rank-factor", "8",
-        "--resnet-stages", str(d), "--epochs", "40", "--batch-size", "64", "--accumulate", "1", "--seed", "0",
-        "--lr", "0.001", "--warmup-epochs", "1.0", "--schedule", "cosine", "--optimizer", "adam",
-        "--weight-decay", "0.0", "--precision", "auto", "--embedding-from", RESNET_NAME])
-    out = WORK / name
-    out.mkdir(parents=True, exist_ok=True)
-    train_data, test = load_data()
-    t = time.time()
-    last = train_until(cfg, out, deadline - 45, train_data, test, chunk=800)
-    compact_checkpoint(out / "last.pt", WORK / f"{name}.compact.pt")
-    write_json({"train_seconds": round(time.time() - t, 1), "epoch": last["epoch"], "step": last["step"],
-                "history": last["history"]}, WORK / f"hybrid-d{d}-report.json")
+def job_coda(d: int) -> None:
+    train_run(coda_args(d), WORK / coda_name(d))
 
 
-def paper_config():
-    from coda.train import TrainConfig
-
-    return TrainConfig(model="cifar10-9L-S", model_overrides={"rank_factor": 32, "temperature": 1000.0},
-                       epochs=200, batch_size=16, lr=2.5e-4, schedule="paper", warmup_epochs=0.0,
-                       precision="auto", seed=0, test_subset=2000)
-
-
-def job_paper(deadline: float) -> None:
-    from coda.train import compact_checkpoint
-
-    out = WORK / "f32-b16-paper-gpu"
-    out.mkdir(parents=True, exist_ok=True)
-    train_data, test = load_data()
-    t = time.time()
-    last = train_until(paper_config(), out, deadline - 100, train_data, test, chunk=1000)
-    compact_checkpoint(out / "last.pt", WORK / "f32-b16-paper-gpu.compact.pt")
-    report = {"train_seconds": round(time.time() - t, 1), "epoch": last["epoch"], "step": last["step"],
-              "history": last["history"]}
-    write_json(report, WORK / "paper-report.json")
-    report["score_500_grids"] = score(WORK / "f32-b16-paper-gpu.compact.pt", test, 5 if DRY else 500)
-    write_json(report, WORK / "paper-report.json")
+def job_posthoc() -> None:
+    runs = [(CHEAP, [])] + [(m, ["--n-grids", "50", "--n-removal", "128"]) for m in EXPENSIVE]
+    if DRY:
+        runs = [("grad", ["--smoke"]), ("occ5", ["--smoke"])]
+    for methods, extra in runs:
+        left = deadline() - time.time() - 20
+        if left < 20:
+            break
+        command = [sys.executable, "-m", "coda.evaluate", "--model", DEFAULT_NAME, "--device", DEVICE,
+                   "--methods", methods, "--batch-size", "256", "--data", str(ROOT / "data"), *extra]
+        log("posthoc", " ".join(command[1:]))
+        try:
+            subprocess.run(command, timeout=left, check=False)
+        except subprocess.TimeoutExpired:
+            log("posthoc", f"{methods}: stopped by the deadline")
 
 
-JOBS = {"f16": job_f16, "resnet": job_resnet, "paper": job_paper,
-        **{f"hybrid{d}": (lambda deadline, d=d: job_hybrid(d, deadline)) for d in (1, 2, 3)}}
+JOBS = {"resnet": lambda: job_conventional("resnet"), "resnet-b128": lambda: job_conventional("resnet-b128"),
+        "posthoc": job_posthoc, **{f"coda{d}": (lambda d=d: job_coda(d)) for d in range(4)}}
 
 
-# ----- the two commands ------------------------------------------------------------------------
+def job_env() -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
+    if (WORK / "mps").exists():
+        env.update(MPS_ENV)
+    return env
 
 
-def decode_pack() -> None:
-    """runs/gpu-data/cifar10/train.npz from the JPEG pack; test.npz copied from data/cifar10/."""
+def spawn(name: str, daemon: bool = False) -> subprocess.Popen:
+    """Run job ``name`` in its own process, its output in runs/gpu/<name>.log. A daemon starts a
+    new process session (it outlives the call) and records its group in runs/gpu/<name>.pid."""
+    logf = open(WORK / f"{name}.log", "a")
+    proc = subprocess.Popen([sys.executable, __file__, "job", name], stdout=logf, stderr=subprocess.STDOUT,
+                            env=job_env(), start_new_session=daemon, cwd=ROOT)
+    if daemon:
+        (WORK / f"{name}.pid").write_text(str(proc.pid))
+    return proc
+
+
+# ----- the two calls ---------------------------------------------------------------------------
+
+
+def decode_packs() -> None:
+    """runs/gpu-data/cifar10/{train,test}.npz from the JPEG packs in data/cifar10-jpeg/."""
     import numpy as np
 
     from coda.data import read_jpeg_pack
 
-    folder = DATA / "cifar10"
+    folder = JPEG_DATA / "cifar10"
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "train.npz").exists():
-        images, labels, classes = read_jpeg_pack(ROOT / "data" / "cifar10-jpeg" / "train.npz")
-        np.savez(folder / "train.tmp.npz", images=images, labels=labels, classes=np.array(classes))
-        os.replace(folder / "train.tmp.npz", folder / "train.npz")
-    if (ROOT / "data" / "cifar10" / "test.npz").exists():
-        shutil.copyfile(ROOT / "data" / "cifar10" / "test.npz", folder / "test.npz")
+    for split in ("train", "test"):
+        if not (folder / f"{split}.npz").exists():
+            images, labels, classes = read_jpeg_pack(ROOT / "data" / "cifar10-jpeg" / f"{split}.npz")
+            np.savez(folder / f"{split}.tmp.npz", images=images, labels=labels, classes=np.array(classes))
+            os.replace(folder / f"{split}.tmp.npz", folder / f"{split}.npz")
 
 
-MPS_ENV = {"CUDA_MPS_PIPE_DIRECTORY": "/tmp/mps-pipe", "CUDA_MPS_LOG_DIRECTORY": "/tmp/mps-log"}
-
-
-def mps(command: str) -> bool:
-    """Start ("start") or stop ("quit") CUDA's multi-process service, which lets the kernels of
-    several processes share the GPU at once instead of taking turns. False if it is missing."""
+def start_mps() -> bool:
     control = shutil.which("nvidia-cuda-mps-control")
-    if control is None:
+    if DRY or control is None:
         return False
     for folder in MPS_ENV.values():
         os.makedirs(folder, exist_ok=True)
-    env = {**os.environ, **MPS_ENV}
-    if command == "start":
-        return subprocess.run([control, "-d"], env=env, timeout=30).returncode == 0
-    return subprocess.run([control], input="quit\n", text=True, env=env, timeout=30).returncode == 0
-
-
-def check_mps() -> None:
-    """Two processes on the GPU under MPS; runs/gpu-data/mps-ok records that it worked."""
-    if not mps("start"):
-        log("smoke", "no MPS")
-        return
-    code = "import torch; x = torch.ones(4096, 4096, device='cuda'); print((x @ x).sum().item())"
-    env = {**os.environ, **MPS_ENV}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
-    try:
-        ok = all(p.wait(timeout=90) == 0 for p in procs)
-    except subprocess.TimeoutExpired:
-        ok = False
-        for p in procs:
-            p.kill()
-    mps("quit")
-    log("smoke", f"MPS with two processes: {'works' if ok else 'FAILED'}")
+    ok = subprocess.run([control, "-d"], env={**os.environ, **MPS_ENV}, timeout=30).returncode == 0
     if ok:
-        (DATA / "mps-ok").touch()
+        code = "import torch; x = torch.ones(2048, 2048, device='cuda'); print((x @ x).sum().item())"
+        ok = subprocess.run([sys.executable, "-c", code], env={**os.environ, **MPS_ENV}, timeout=60).returncode == 0
+    return ok
 
 
-def smoke() -> None:
+def start() -> None:
     import torch
 
-    from coda.train import TrainConfig, config_from_args, seconds_per_step
-
     t = time.time()
-    decode_pack()
-    log("smoke", f"data decoded in {time.time() - t:.1f} s; torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "started").touch()
+    decode_packs()
+    log("start", f"data decoded in {time.time() - t:.1f} s; torch {torch.__version__}, "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+    if start_mps():
+        (WORK / "mps").touch()
+        log("start", "MPS started")
+    for name in ("resnet", "resnet-b128", "coda0"):
+        spawn(name, daemon=True)
+    log("start", "jobs launched")
     try:
         subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"],
-                       timeout=120, check=False)
+                       timeout=75, check=False, env=job_env(), cwd=ROOT)
     except subprocess.TimeoutExpired:
-        log("smoke", "tests/test_cuda.py: stopped after 120 s")
-    configs = {
-        "f16-b64 (bf16)": TrainConfig(model="cifar10-9L-S", model_overrides={"rank_factor": 16, "temperature": 1000.0},
-                                      batch_size=64),
-        "paper f32-b16 (bf16)": paper_config(),
-        "resnet20 b128 (fp32)": config_from_args(["--out", "x", *RESNET_ARGS])[0],
-        "hybrid d1 b64 (bf16)": TrainConfig(model="cifar10-hybrid",
-                                            model_overrides={"resnet_stages": 1, "rank_factor": 8}, batch_size=64),
-    }
-    for name, cfg in configs.items():
-        seconds = seconds_per_step(cfg, "cuda", steps=20)
-        log("smoke", f"{name}: {seconds * 1000:.1f} ms per step, {cfg.batch_size / seconds:.0f} images/s")
-    check_mps()
+        log("start", "tests/test_cuda.py: stopped after 75 s")
+    for name in ("resnet", "resnet-b128", "coda0"):
+        tail = (WORK / f"{name}.log").read_text().strip().splitlines()[-1:]
+        log(name, tail[0] if tail else "(no output yet)")
 
 
-def main_command(seconds: float, out: Path) -> None:
-    start = time.time()
-    deadline = start + seconds - 40  # the jobs end by then; the rest is for packing
-    decode_pack()
-    WORK.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "4"}
-    if (DATA / "mps-ok").exists() and mps("start"):
-        env.update(MPS_ENV)
-        log("main", "MPS started")
-    procs = {}
-    for name in ("f16", "resnet", "paper"):
-        logf = open(WORK / f"{name}.log", "w")
-        procs[name] = subprocess.Popen([sys.executable, __file__, "job", name, "--deadline", str(deadline)],
-                                       stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    while time.time() < deadline + 15 and any(p.poll() is None for p in procs.values()):
-        time.sleep(2)
-    for name, p in procs.items():
-        if p.poll() is None:
-            log("main", f"{name} still running at the deadline: stopped")
-            os.killpg(p.pid, signal.SIGKILL)
-    if "CUDA_MPS_PIPE_DIRECTORY" in env:
-        mps("quit")
+def stop_all() -> None:
+    for pid_file in WORK.glob("*.pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            log("finish", f"{pid_file.stem} stopped")
+        except ProcessLookupError:
+            pass
+
+
+def finish(seconds: float, out: Path) -> None:
+    t0 = time.time()
+    stop_at = t0 + seconds - 45  # the rest is for packing
+    (WORK / "deadline").write_text(str(stop_at))
+    posthoc = spawn("posthoc", daemon=True)
+    while time.time() < stop_at:
+        time.sleep(5)
+        if int(time.time() - t0) % 60 < 5:
+            running = [p.stem for p in WORK.glob("*.pid") if _alive(int(p.read_text()))]
+            log("finish", f"running: {running}")
+            if not running:
+                break
+    posthoc.poll()
+    stop_all()
+    time.sleep(2)
     pack(out)
-    log("main", f"done in {time.time() - start:.0f} s")
+    log("finish", f"done in {time.time() - t0:.0f} s")
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def pack(out: Path) -> None:
-    """At most 8 files of at most 16 MiB come back: the models in three tars, the rest in one."""
+    """At most 8 files of at most 16 MiB come back; CoDA runs as compact (float16) states."""
+    from coda.train import compact_checkpoint
+
     out.mkdir(parents=True, exist_ok=True)
+    compact = {}
+    for d in range(4):
+        src = WORK / coda_name(d) / "last.pt"
+        if src.exists():
+            compact[d] = WORK / f"{coda_name(d)}.compact.pt"
+            compact_checkpoint(src, compact[d])
     groups = {
-        "f16.tar": [WORK / "f16-b64-cosine" / "epoch-60.pt", ROOT / "data" / "pretrained" / f"{DEFAULT_NAME}.pt",
-                    WORK / "f16-b64-cosine.compact.pt"],  # (the average's weights are the export's if it won)
-        "paper.tar": [WORK / "f32-b16-paper-gpu.compact.pt"],
-        "resnet-hybrids.tar": [WORK / RESNET_NAME / "last.pt", ROOT / "data" / "pretrained" / f"{RESNET_NAME}.pt",
-                               *(WORK / f"cifar10-hybrid-d{d}-f8-T1000.compact.pt" for d in (1, 2, 3))],
-        "results.tar": [*WORK.glob("*.json"), *WORK.glob("*.log"), ROOT / "data" / "pretrained" / "manifest.json",
-                        *(ROOT / "data" / "pretrained").glob("*.md"), ROOT / "results" / DEFAULT_NAME],
+        "conventional.tar": [WORK / run / "last.pt" for run, _ in CONVENTIONAL_RUNS.values()],
+        "coda0.tar": [compact.get(0)], "coda1.tar": [compact.get(1)], "coda23.tar": [compact.get(2), compact.get(3)],
+        "posthoc.tar": [ROOT / "results" / DEFAULT_NAME],
+        "logs.tar": [*WORK.glob("*.log"), *WORK.glob("*.json")],
     }
     for name, paths in groups.items():
         with tarfile.open(out / name, "w") as tar:
             for p in paths:
-                if p.exists():
+                if p is not None and p.exists():
                     tar.add(p, arcname=str(p.relative_to(ROOT)))
         log("pack", f"{name}: {(out / name).stat().st_size / 2**20:.1f} MiB")
 
@@ -418,21 +328,20 @@ def pack(out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("smoke")
-    m = sub.add_parser("main")
-    m.add_argument("--seconds", type=float, required=True)
-    m.add_argument("--out", type=Path, required=True)
+    sub.add_parser("start")
+    f = sub.add_parser("finish")
+    f.add_argument("--seconds", type=float, required=True)
+    f.add_argument("--out", type=Path, required=True)
     j = sub.add_parser("job")
     j.add_argument("name", choices=sorted(JOBS))
-    j.add_argument("--deadline", type=float, required=True)
     a = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    if a.command == "smoke":
-        smoke()
-    elif a.command == "main":
-        main_command(a.seconds, a.out)
+    if a.command == "start":
+        start()
+    elif a.command == "finish":
+        finish(a.seconds, a.out)
     else:
-        JOBS[a.name](a.deadline)
+        JOBS[a.name]()
 
 
 if __name__ == "__main__":
