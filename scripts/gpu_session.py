@@ -45,6 +45,15 @@ come back right after (commit nothing in between)::
     git reset -q -- $(cat big.txt)    # and remove those lines from .git/info/exclude again
 
 ``GPU_SESSION_DRY=1`` runs the same plumbing on the CPU with a few images and epochs.
+
+What session 14 learnt (its results: data/training/README.md and results/recipes/NOTES.md).
+The daemons ran on between the calls as planned, and all six training jobs finished. The
+post-hoc job failed at once: call 2 did not carry ``data/pretrained/manifest.json``, and the
+machine had dropped the copy that call 1 carried, so a later session must carry it in both
+calls. And a localisation task computed on the GPU is not comparable with one computed on the
+CPU: the grids are drawn from the most confident images of each class, ranked by logits in
+which the two devices differ (207 of 500 grids differed), so run every method of one model's
+pointing game on the same device.
 """
 
 from __future__ import annotations

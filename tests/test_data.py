@@ -396,3 +396,41 @@ def test_jpeg_pack_rejects_bad_quality_and_files(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="junk.npz is not a readable JPEG pack"):
         data.read_jpeg_pack(tmp_path / "junk.npz")
+
+
+def _textured_images(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 32, 32, 3) uint8 with structure at every scale (what JPEG's quantisation changes),
+    away from 0 and 255, where decoding would clip."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=32, mode="bilinear")
+    fine = torch.rand(n, 3, 32, 32, generator=g)
+    return (60 + 120 * coarse + 20 * fine).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def test_jpeg_reencoding_error_finds_the_quality_the_images_went_through():
+    import io
+
+    from PIL import Image
+
+    def through_jpeg(images, quality):
+        out = []
+        for image in images:
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+            out.append(np.asarray(Image.open(buffer).convert("RGB")))
+        return np.stack(out)
+
+    raw = _textured_images(6)
+    for stored in (60, 75):
+        errors = data.jpeg_reencoding_error(through_jpeg(raw, stored), qualities=(50, 60, 75, 90))
+        assert min(errors, key=errors.get) == stored
+        assert errors[stored] < 0.5 * min(e for q, e in errors.items() if q != stored)
+    # Images that never went through JPEG: every quality changes them visibly.
+    assert min(data.jpeg_reencoding_error(raw, qualities=(60, 75)).values()) > 1.0
+
+
+def test_jpeg_reencoding_error_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"expected images \(N, H, W, 3\) uint8"):
+        data.jpeg_reencoding_error(np.zeros((2, 3, 8, 8), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"qualities must be ints in \[1, 95\]"):
+        data.jpeg_reencoding_error(np.zeros((1, 8, 8, 3), dtype=np.uint8), qualities=(100,))
