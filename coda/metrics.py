@@ -197,8 +197,20 @@ def grids_from_logits(logits: torch.Tensor, dataset: ImageDataset, n_grids: int 
             f"only {len(indices)} of {n_grids} grids: a class ran out of correctly classified images "
             "with sigmoid(logit) > 0.5", stacklevel=2,
         )
+    return grids_from_indices(dataset, indices, grid_size, n_grids)
+
+
+def grids_from_indices(dataset: ImageDataset, indices: torch.Tensor, grid_size: int,
+                       n_requested: int | None = None) -> Grids:
+    """The grids whose cells hold ``dataset``'s images ``indices`` (n, g*g), e.g. grids drawn
+    before (``Grids.indices``), so that another run scores the very same grids."""
+    indices = torch.as_tensor(indices, dtype=torch.long)
+    if indices.dim() != 2 or indices.shape[1] != grid_size**2:
+        raise ValueError(f"expected grid indices (n, {grid_size**2}), got {tuple(indices.shape)}")
+    if len(indices) and not (0 <= int(indices.min()) and int(indices.max()) < len(dataset)):
+        raise ValueError(f"grid indices in [{int(indices.min())}, {int(indices.max())}] for {len(dataset)} images")
     images = dataset.images[indices.flatten()].reshape(*indices.shape, *dataset.images.shape[1:])
-    return Grids(tile(images, grid_size), dataset.labels[indices], grid_size, indices, n_grids)
+    return Grids(tile(images, grid_size), dataset.labels[indices], grid_size, indices, n_requested)
 
 
 def make_grids(model: CoDANet, dataset: ImageDataset, n_grids: int = 500, grid_size: int = 3,

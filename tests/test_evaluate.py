@@ -34,6 +34,7 @@ from coda.explainers import EXPLAINERS, explain
 from coda.metrics import (
     Grids,
     cell_sums,
+    grids_from_indices,
     grids_from_logits,
     localisation_scores,
     make_grids,
@@ -633,3 +634,42 @@ def test_load_model_takes_the_authors_published_names(tmp_path, monkeypatch):
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x))
+
+
+def test_a_later_call_scores_the_stored_grids_even_where_its_logits_rank_otherwise(colour_world, monkeypatch, capsys):
+    """Another device's logits reorder near-ties; the stored grids keep every method on the same ones."""
+    import coda.evaluate as evaluate
+
+    root, _, _ = colour_world
+    base = ["--model", str(root / "run" / "last.pt"), "--data", str(root / "data"), "--grid-size", "2",
+            "--tasks", "localisation"]
+    main([*base, "--out", str(root / "a"), "--methods", "coda", "--n-grids", "4"])
+    drawn = load_data(task_path(root / "a", "coda", "localisation"))["grids"]["indices"]
+
+    real_predict = evaluate.predict
+
+    def other_device(model, images, *args, **kwargs):  # the same decisions, the confidence ranking reversed
+        logits = real_predict(model, images, *args, **kwargs)
+        return logits + 1e-3 * torch.arange(len(logits), dtype=logits.dtype)[:, None]
+
+    monkeypatch.setattr(evaluate, "predict", other_device)
+    main([*base, "--out", str(root / "b"), "--methods", "coda", "--n-grids", "4"])
+    fresh = load_data(task_path(root / "b", "coda", "localisation"))["grids"]["indices"]
+    assert not torch.equal(fresh, drawn), "the perturbed logits must draw other grids, or this test proves nothing"
+    capsys.readouterr()
+    main([*base, "--out", str(root / "a"), "--methods", "grad", "--n-grids", "3"])
+    assert "grids: the first 3 of the 4 stored in coda.localisation.npz" in capsys.readouterr().out
+    assert torch.equal(load_data(task_path(root / "a", "grad", "localisation"))["grids"]["indices"], drawn[:3])
+    # More grids than stored: drawn afresh from this call's logits.
+    main([*base, "--out", str(root / "a"), "--methods", "ixg", "--n-grids", "5"])
+    assert not torch.equal(load_data(task_path(root / "a", "ixg", "localisation"))["grids"]["indices"][:4], drawn)
+
+
+def test_grids_from_indices_checks_its_indices(colour_world):
+    _, _, data = colour_world
+    grids = grids_from_indices(data, torch.tensor([[0, 1, 2, 3]]), 2)
+    assert grids.images.shape == (1, 3, 16, 16) and grids.classes.tolist() == [[0, 1, 2, 3]]
+    with pytest.raises(ValueError, match=r"expected grid indices \(n, 4\)"):
+        grids_from_indices(data, torch.tensor([[0, 1, 2]]), 2)
+    with pytest.raises(ValueError, match="grid indices in"):
+        grids_from_indices(data, torch.tensor([[0, 1, 2, 40]]), 2)
