@@ -44,6 +44,12 @@ class CoDANetConfig:
     32 x 32, 32 at 16 x 16, 64 at 8 x 8 for CIFAR images), and the CoDA layers continue the
     layout from there. ``stem_depth`` is then 0, or, with d = 3, the number of layers: the
     classifier is a plain 1x1 convolution too, the all-conventional ResNet-20.
+
+    ``resnet_width = k`` (with ``resnet_stages``) widens every ResNet-20 stage k times (16 k,
+    32 k, 64 k channels; Zagoruyko and Komodakis' wide residual networks, here "ResNet-20 x k"):
+    the first CoDA layer then takes ``16 k``, ``32 k`` or ``64 k`` channels, and the layers after
+    it keep the layout's. 1, the default, is He et al.'s ResNet-20 and is left out of
+    :meth:`to_dict`, so the configs stored before the field existed are unchanged.
     """
 
     channels: tuple[int, ...]
@@ -57,6 +63,7 @@ class CoDANetConfig:
     in_channels: int = 3
     stem_depth: int = 0
     resnet_stages: int = 0
+    resnet_width: int = 1
 
     def __post_init__(self):
         n = len(self.channels)
@@ -83,6 +90,10 @@ class CoDANetConfig:
             raise ValueError(f"stem_depth must be an int in [0, {n}], got {self.stem_depth!r}")
         if not _is_int(self.resnet_stages) or not 0 <= self.resnet_stages <= len(RESNET_STAGE_CHANNELS):
             raise ValueError(f"resnet_stages must be an int in [0, 3] (stages of ResNet-20), got {self.resnet_stages!r}")
+        if not _is_int(self.resnet_width) or self.resnet_width < 1:
+            raise ValueError(f"resnet_width must be a positive int, got {self.resnet_width!r}")
+        if self.resnet_width != 1 and not self.resnet_stages:
+            raise ValueError(f"resnet_width={self.resnet_width} widens ResNet-20 stages: it needs resnet_stages >= 1")
         if self.resnet_stages:
             self._check_resnet_layout()
 
@@ -127,7 +138,16 @@ class CoDANetConfig:
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as a dict; ``resnet_width`` only where it is not 1 (see the class docstring)."""
+        fields = dataclasses.asdict(self)
+        if fields["resnet_width"] == 1:
+            del fields["resnet_width"]
+        return fields
+
+    @property
+    def embedding_channels(self) -> int:
+        """Channels of the ResNet-20 stages' output (the first CoDA layer's input); 0 without them."""
+        return RESNET_STAGE_CHANNELS[self.resnet_stages - 1] * self.resnet_width if self.resnet_stages else 0
 
 
 def _is_int(value) -> bool:
@@ -200,7 +220,8 @@ def build_model(name: str, **overrides) -> CoDANet:
     **overrides : fields of :class:`CoDANetConfig` to change, e.g. ``temperature=100``,
         ``rank_factor=8`` (the paper's rank ablation), ``stem_depth=2`` (a hybrid with a
         thin conventional stem), ``resnet_stages=2`` (a hybrid on the first two stages of
-        ResNet-20), ``norm="l2"``, ``num_classes=...``. Unknown names raise.
+        ResNet-20), ``resnet_width=4`` (those stages 4x wider; "cifar10-resnet20" with it is
+        the all-conventional ResNet-20 x 4), ``norm="l2"``, ``num_classes=...``. Unknown names raise.
 
     Returns
     -------
@@ -256,17 +277,18 @@ class BasicBlock(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
 
 
-def resnet20_stages(in_channels: int, stages: int) -> list[nn.Module]:
+def resnet20_stages(in_channels: int, stages: int, width: int = 1) -> list[nn.Module]:
     """The first ``stages`` stages of ResNet-20 for CIFAR (He et al. 2016, section 4.2).
 
     A 3x3 conv-BN-ReLU to 16 channels (counted with stage 1), then per stage 3 basic blocks
-    with 16, 32, 64 channels, the first of stages 2 and 3 with stride 2. Convolutions start
-    from He et al.'s initialisation (normal, fan-out). Returns the modules in order:
-    ``1 + 3 * stages`` of them.
+    with 16, 32, 64 channels, the first of stages 2 and 3 with stride 2; ``width`` multiplies
+    every count. Convolutions start from He et al.'s initialisation (normal, fan-out). Returns
+    the modules in order: ``1 + 3 * stages`` of them.
     """
-    modules = [conv_block(in_channels, RESNET_STAGE_CHANNELS[0], 3, 1)]
-    c_in = RESNET_STAGE_CHANNELS[0]
-    for stage, c_out in enumerate(RESNET_STAGE_CHANNELS[:stages]):
+    channels = [c * width for c in RESNET_STAGE_CHANNELS]
+    modules = [conv_block(in_channels, channels[0], 3, 1)]
+    c_in = channels[0]
+    for stage, c_out in enumerate(channels[:stages]):
         for block in range(RESNET_BLOCKS_PER_STAGE):
             modules.append(BasicBlock(c_in, c_out, stride=2 if stage > 0 and block == 0 else 1))
             c_in = c_out
@@ -297,13 +319,14 @@ class CoDANet(nn.Module):
         self.logit_bias = float(config.logit_bias)
         self.stem_frozen = False
         c_in = 2 * config.in_channels
-        stem = resnet20_stages(c_in, config.resnet_stages) if config.resnet_stages else []
+        stem = resnet20_stages(c_in, config.resnet_stages, config.resnet_width) if config.resnet_stages else []
         layers = []
         specs = zip(config.channels, config.kernel_sizes, config.strides, config.ranks, strict=True)
         for i, (c_out, k, s, r) in enumerate(specs):
             if i < RESNET_STAGE_ENDS[config.resnet_stages]:
-                pass  # replaced by the ResNet stages
-            elif i < config.stem_depth:
+                c_in = config.embedding_channels  # replaced by the ResNet stages: their output's channels
+                continue
+            if i < config.stem_depth:
                 stem.append(conv_block(c_in, c_out, k, s, last=i == len(config.channels) - 1))
             else:
                 layers.append(CoDAConv2d(c_in, c_out, k, s, rank=r, norm=config.norm))

@@ -250,6 +250,11 @@ def init_embedding(model: CoDANet, spec: str) -> None:
             f"embedding_from={spec!r} has {have} ResNet-20 stages on {source.config.in_channels} input channels; "
             f"the model needs {d} (>= 1) on {model.config.in_channels}"
         )
+    if source.config.resnet_width != model.config.resnet_width:
+        raise ValueError(
+            f"embedding_from={spec!r} has ResNet-20 stages of width {source.config.resnet_width}; "
+            f"the model's are of width {model.config.resnet_width} (--resnet-width)"
+        )
     model.stem.load_state_dict(source.stem[: len(model.stem)].state_dict())
 
 
@@ -612,7 +617,7 @@ def epoch_line(row: dict, epochs: int) -> str:
             f"{row.get('precision', '?')}  {row['wall_time'] / 3600:.2f} h")
 
 
-_OVERRIDE_OPTIONS = ("temperature", "rank_factor", "stem_depth", "resnet_stages", "norm")  # model_overrides on the CLI
+_OVERRIDE_OPTIONS = ("temperature", "rank_factor", "stem_depth", "resnet_stages", "resnet_width", "norm")  # model_overrides on the CLI
 _INT_OPTIONS = ("epochs", "batch_size", "accumulate", "seed", "train_subset", "test_subset")
 
 
@@ -624,6 +629,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rank-factor", type=int)
     p.add_argument("--stem-depth", type=int)
     p.add_argument("--resnet-stages", type=int, help="hybrids: the first d stages of ResNet-20 as the embedding")
+    p.add_argument("--resnet-width", type=int, help="ResNet-20 stages k times wider (ResNet-20 x k)")
     p.add_argument("--norm", choices=("squash", "l2"))
     for f in _INT_OPTIONS:
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(TrainConfig, f, None))

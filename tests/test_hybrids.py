@@ -365,3 +365,86 @@ def test_card_names_the_weights_a_continuation_started_from():
     assert C._training_text(entry).startswith("30 epochs starting from the weights of `cifar10-resnet20-T64`")
     entry["train_config"] = {**tc, "init_from": None}
     assert C._training_text(entry).startswith("30 epochs, batch 64")
+
+
+# ----- wider stages: ResNet-20 x k ---------------------------------------------------------------
+
+
+def resnet_stage_params(width: int, stages: int, in_channels: int = 6) -> int:
+    """Conv1 and the basic blocks of ``stages`` stages at 16k, 32k, 64k channels, by hand: each block
+    two 3x3 convs without bias and two batch norms (weight and bias); option-A shortcuts are free."""
+    channels = [16 * width, 32 * width, 64 * width]
+    total = in_channels * channels[0] * 9 + 2 * channels[0]
+    c_in = channels[0]
+    for c_out in channels[:stages]:
+        for _ in range(3):
+            total += c_in * c_out * 9 + c_out * c_out * 9 + 4 * c_out
+            c_in = c_out
+    return total
+
+
+def test_the_stage_formula_counts_resnet20():
+    assert [resnet_stage_params(1, d) for d in DEPTHS] == [EMBEDDING_PARAMS[d] for d in DEPTHS]
+
+
+@pytest.mark.parametrize("width", [2, 4])
+def test_a_wider_resnet20_has_k_times_the_channels_and_its_parameter_count(width):
+    model = build_model("cifar10-resnet20", resnet_width=width)
+    assert n_params(model) == resnet_stage_params(width, 3) + 64 * width * 10 + 10
+    assert model.stem[-1].in_channels == 64 * width and model.stem[-1].out_channels == 10
+    with torch.no_grad():
+        assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("d", DEPTHS)
+def test_a_hybrid_on_wider_stages_feeds_its_first_coda_layer_k_times_the_channels(d):
+    width = 2
+    model = hybrid(d, resnet_width=width).eval()
+    nine = CONFIGS["cifar10-9L-S"].replace(rank_factor=8)
+    start = (0, 2, 5, 8)[d]
+    c_in = [None] * start + [EMBEDDING[d][0] * width, *nine.channels[start:-1]]
+    coda = sum(coda_layer_params(c_in[i], nine.channels[i], nine.kernel_sizes[i], nine.ranks[i]) for i in range(start, 9))
+    assert n_params(model.stem) == resnet_stage_params(width, d) and n_params(model) == resnet_stage_params(width, d) + coda
+    assert model.config.embedding_channels == EMBEDDING[d][0] * width == model.layers[0].in_channels
+    with torch.no_grad():
+        a = model.layer_input(torch.rand(2, 3, 16, 16), 0)
+    assert a.shape == (2, EMBEDDING[d][0] * width, 16 // EMBEDDING[d][1], 16 // EMBEDDING[d][1])
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_contributions_of_a_wide_hybrid_sum_to_the_logit_minus_the_bias(d):
+    torch.manual_seed(0)
+    model = hybrid(d, resnet_width=2).double().eval()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    target = torch.tensor([3, 7])
+    contribs = contributions(model, x, target, layer=0)
+    logit = model(x).gather(1, target[:, None])[:, 0]
+    assert_close(contribs.sum((1, 2, 3)), logit - model.logit_bias, rtol=1e-10, atol=1e-10)
+
+
+def test_the_width_is_stored_only_where_it_is_not_1_and_round_trips():
+    assert "resnet_width" not in hybrid(2).config.to_dict()  # the configs stored before the field, unchanged
+    config = hybrid(2, resnet_width=4).config
+    assert config.to_dict()["resnet_width"] == 4 and CoDANetConfig(**config.to_dict()) == config
+    assert CoDANetConfig(**hybrid(2).config.to_dict()).resnet_width == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("cifar10-resnet20", {"resnet_width": 0}, "resnet_width must be a positive int"),
+        ("cifar10-resnet20", {"resnet_width": 2.0}, "resnet_width must be a positive int"),
+        ("cifar10-resnet20", {"resnet_width": True}, "resnet_width must be a positive int"),
+        ("cifar10-9L-S", {"resnet_width": 2}, "it needs resnet_stages >= 1"),
+    ],
+)
+def test_bad_widths_raise(name, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(name, **overrides)
+
+
+def test_the_embedding_must_have_the_models_width(resnet_checkpoint):
+    cfg = TrainConfig(model="cifar10-hybrid", model_overrides={"resnet_stages": 1, "rank_factor": 8, "resnet_width": 2},
+                      embedding_from=str(resnet_checkpoint), **SMOKE)
+    with pytest.raises(ValueError, match="has ResNet-20 stages of width 1; the model's are of width 2"):
+        run(cfg)

@@ -157,6 +157,8 @@ def test_command_line_of_the_long_cifar_run():
         ),
         TrainConfig(model="cifar10-resnet20", optimizer="sgd", lr=0.5, weight_decay=5e-4),
         TrainConfig(model="cifar10-resnet20", optimizer="sgd", lr=0.1, weight_decay=5e-4, loss="ce"),
+        TrainConfig(model="cifar10-resnet20", model_overrides={"resnet_width": 4}, optimizer="sgd", lr=0.1,
+                    weight_decay=5e-4, loss="ce"),
         TrainConfig(
             model="cifar10-hybrid",
             model_overrides={"resnet_stages": 2, "rank_factor": 8, "temperature": 1000.0},
