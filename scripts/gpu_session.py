@@ -3,7 +3,9 @@
 The device tool gives a session about 15 minutes of one GPU and carries at most 64 MiB with
 the checkout per call; whatever a call starts as a daemon (a new process session) runs on while
 the machine stays warm, which is 30 s after each call. This script uses that to keep the GPU
-busy from the first call to the last (session 14; session 13's version is in git history):
+busy from the first call to the last. Session 14 wrote it and ran it with ResNet-20 at width 1
+(its results: data/training/README.md); it is set up now for the next lent GPU, with the wider
+ResNet-20 x 4 that the interpretable-depth study needs (session 13's version is in git history):
 
 ``start``
     Call 1, which carries the JPEG packs of the CIFAR-10 training and test images
@@ -13,23 +15,30 @@ busy from the first call to the last (session 14; session 13's version is in git
     training jobs below as daemons, runs ``tests/test_cuda.py`` beside them and returns.
 ``finish --seconds S --out DIR``
     Call 2, at once, which carries the exact test images (``data/cifar10/test.npz``), the
-    default model and its results folder. Sets the deadline S seconds from now, runs the
+    default model, ``data/pretrained/manifest.json`` (again: the machine drops the copy call 1
+    carried) and the default's results folder. Sets the deadline S seconds from now, runs the
     post-hoc evaluation of the default model until then, stops every job at the deadline and
     packs what they made into DIR (the device's ``$OUT``; at most 8 files of 16 MiB).
 
 The jobs (issue 16, the interpretable-depth study, and issue 15's post-hoc baselines):
 
-* ``resnet``: ResNet-20 from scratch, softmax cross-entropy, SGD with Nesterov momentum at
-  peak rate 0.2 on batches of 256, weight decay 5e-4, two warm-up epochs and cosine decay over
-  100 epochs, float32; exported (provisionally) as :data:`EMBEDDING`, then it launches the
-  hybrids on its stages.
-* ``resnet-b128``: the same at batch 128 and rate 0.1 (the textbook batch), for comparison.
+* ``resnet``: ResNet-20 x :data:`WIDTH` (``--resnet-width``) from scratch, softmax
+  cross-entropy, SGD with Nesterov momentum at peak rate 0.2 on batches of 256, weight decay
+  5e-4, two warm-up epochs and cosine decay over 100 epochs, float32; exported (provisionally)
+  as :data:`EMBEDDING`, then it launches the hybrids on its stages. (Session 14: width 1,
+  88.41%; the same at batch 128 and rate 0.1, 88.37%; 100 epochs at width 1 took 287 s beside
+  the other jobs. Width 4 has 16x its multiply-adds, and a CPU step took 13x as long: time one
+  epoch in call 1's output, and give it fewer epochs if the hybrids would not get half the
+  window.)
+* ``resnet-x2``: the same at width 2, for comparison.
 * ``coda0`` (the pure 9L-S at rank factor 8, from t = 0) and ``coda1-3`` (the hybrids, each
   fine-tuning the first d stages of :data:`EMBEDDING` under CoDA layers): one budget for all,
   :data:`CODA_EPOCHS` epochs at batch 128, Adam at peak rate 1e-3, one warm-up epoch, cosine
   decay, BCE, bf16 autocast.
 * ``posthoc``: ``coda.evaluate`` of the default model, the cheap methods on the full protocol
-  (500 grids, 1,024 removal images) first, then the expensive ones on 50 grids and 128 images.
+  (500 grids, 1,024 removal images) first, then the expensive ones on 50 grids and 128 images;
+  what the results folder holds already is skipped, and the grids are those stored there (the
+  CPU's), so GPU and CPU results pair up.
 
 The per-epoch test accuracy the training jobs log is on the JPEG copy of the test images (a
 monitor only); every number the project reports is measured afterwards on the exact ones.
@@ -73,7 +82,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "gpu"
 JPEG_DATA = ROOT / "runs" / "gpu-data"  # the decoded JPEG packs, as a coda data folder
 DEFAULT_NAME = "cifar10-9L-S-f16-T1000"
-EMBEDDING = "cifar10-resnet20-e100-T64"
+WIDTH = 4  # ResNet-20 x 4: its stages 4x wider (session 14 ran width 1)
+EMBEDDING = f"cifar10-resnet20x{WIDTH}-e100-T64"
 CODA_EPOCHS = 12
 DRY = os.environ.get("GPU_SESSION_DRY") == "1"  # a rehearsal on the CPU
 DEVICE = "cpu" if DRY else "cuda"
@@ -83,16 +93,19 @@ EXPENSIVE = ("intgrad", "occ5", "occ9", "lime")
 
 COMMON = ["--seed", "0", "--schedule", "cosine", "--accumulate", "1"]
 RESNET = ["--model", "cifar10-resnet20", "--epochs", "100", "--optimizer", "sgd", "--weight-decay", "0.0005",
-          "--warmup-epochs", "2.0", "--precision", "fp32", "--loss", "ce", *COMMON]
+          "--warmup-epochs", "2.0", "--precision", "fp32", "--loss", "ce", "--batch-size", "256", "--lr", "0.2",
+          *COMMON]
 CONVENTIONAL_RUNS = {
-    "resnet": ("resnet20-b256-e100", [*RESNET, "--batch-size", "256", "--lr", "0.2"]),
-    "resnet-b128": ("resnet20-b128-e100", [*RESNET, "--batch-size", "128", "--lr", "0.1"]),
+    "resnet": (f"resnet20x{WIDTH}-b256-e100", [*RESNET, "--resnet-width", str(WIDTH)]),
+    "resnet-x2": ("resnet20x2-b256-e100", [*RESNET, "--resnet-width", "2"]),
 }
 
 
 def coda_name(d: int) -> str:
     """The run (and shipped) name of the d-stage hybrid; d = 0 is the pure 9L-S."""
-    return f"cifar10-9L-S-f8-e{CODA_EPOCHS}-T1000" if d == 0 else f"cifar10-hybrid-d{d}-f8-e{CODA_EPOCHS}-T1000"
+    if d == 0:
+        return f"cifar10-9L-S-f8-e{CODA_EPOCHS}-T1000"
+    return f"cifar10-hybrid-d{d}-x{WIDTH}-f8-e{CODA_EPOCHS}-T1000"
 
 
 def coda_args(d: int) -> list[str]:
@@ -101,7 +114,8 @@ def coda_args(d: int) -> list[str]:
             "--precision", "auto", "--loss", "bce", "--test-subset", "2000", *COMMON]
     if d == 0:
         return ["--model", "cifar10-9L-S", *args]
-    return ["--model", "cifar10-hybrid", "--resnet-stages", str(d), "--embedding-from", EMBEDDING, *args]
+    return ["--model", "cifar10-hybrid", "--resnet-stages", str(d), "--resnet-width", str(WIDTH),
+            "--embedding-from", EMBEDDING, *args]
 
 
 def log(job: str, text: str) -> None:
@@ -195,7 +209,7 @@ def job_posthoc() -> None:
             log("posthoc", f"{methods}: stopped by the deadline")
 
 
-JOBS = {"resnet": lambda: job_conventional("resnet"), "resnet-b128": lambda: job_conventional("resnet-b128"),
+JOBS = {"resnet": lambda: job_conventional("resnet"), "resnet-x2": lambda: job_conventional("resnet-x2"),
         "posthoc": job_posthoc, **{f"coda{d}": (lambda d=d: job_coda(d)) for d in range(4)}}
 
 
@@ -260,7 +274,7 @@ def start() -> None:
     if start_mps():
         (WORK / "mps").touch()
         log("start", "MPS started")
-    for name in ("resnet", "resnet-b128", "coda0"):
+    for name in ("resnet", "resnet-x2", "coda0"):
         spawn(name, daemon=True)
     log("start", "jobs launched")
     try:
@@ -268,7 +282,7 @@ def start() -> None:
                        timeout=75, check=False, env=job_env(), cwd=ROOT)
     except subprocess.TimeoutExpired:
         log("start", "tests/test_cuda.py: stopped after 75 s")
-    for name in ("resnet", "resnet-b128", "coda0"):
+    for name in ("resnet", "resnet-x2", "coda0"):
         tail = (WORK / f"{name}.log").read_text().strip().splitlines()[-1:]
         log(name, tail[0] if tail else "(no output yet)")
 
@@ -310,19 +324,20 @@ def _alive(pgid: int) -> bool:
 
 
 def pack(out: Path) -> None:
-    """At most 8 files of at most 16 MiB come back; CoDA runs as compact (float16) states."""
+    """At most 8 files of at most 16 MiB come back: every run as a compact state (float16 weights,
+    no optimiser state; ResNet-20 x 4 alone is 8.6 MB so), one tar per CoDA run."""
     from coda.train import compact_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
+    runs = {d: coda_name(d) for d in range(4)} | {key: run for key, (run, _) in CONVENTIONAL_RUNS.items()}
     compact = {}
-    for d in range(4):
-        src = WORK / coda_name(d) / "last.pt"
-        if src.exists():
-            compact[d] = WORK / f"{coda_name(d)}.compact.pt"
-            compact_checkpoint(src, compact[d])
+    for key, run in runs.items():
+        if (WORK / run / "last.pt").exists():
+            compact[key] = WORK / f"{run}.compact.pt"
+            compact_checkpoint(WORK / run / "last.pt", compact[key])
     groups = {
-        "conventional.tar": [WORK / run / "last.pt" for run, _ in CONVENTIONAL_RUNS.values()],
-        "coda0.tar": [compact.get(0)], "coda1.tar": [compact.get(1)], "coda23.tar": [compact.get(2), compact.get(3)],
+        "conventional.tar": [compact.get(key) for key in CONVENTIONAL_RUNS],
+        **{f"coda{d}.tar": [compact.get(d)] for d in range(4)},
         "posthoc.tar": [ROOT / "results" / DEFAULT_NAME],
         "logs.tar": [*WORK.glob("*.log"), *WORK.glob("*.json")],
     }
