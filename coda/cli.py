@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextvars
 import importlib
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -42,6 +43,25 @@ def prog(module: str) -> str:
     else ``python -m coda.X``. ``module`` is the module's name (``"coda.train"``) or its command."""
     command = module.removeprefix("coda.")
     return f"coda {command}" if _RUNNING.get() == command else f"python -m coda.{command}"
+
+
+DATA_PLACEHOLDER = "<data folder>"
+
+
+def recorded_command(module: str, argv: Sequence[str]) -> str:
+    """The command line a results file records: ``python -m MODULE ARGS``, with the value of
+    ``--data`` written as ``<data folder>``: it is a folder of the machine that ran it, which a
+    reader cannot follow (they point ``--data`` or ``$CODA_DATA`` at their own copy)."""
+    words, hide = [], False
+    for word in argv:
+        if hide:
+            words.append(DATA_PLACEHOLDER)
+        elif word.startswith("--data="):
+            words.append("--data=" + DATA_PLACEHOLDER)
+        else:
+            words.append(shlex.quote(word))
+        hide = word == "--data"
+    return " ".join(["python", "-m", module, *words])
 
 
 def parser() -> argparse.ArgumentParser:

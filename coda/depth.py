@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -322,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not models:
             p.error("no model of the study is available (python -m coda.depth status)")
         rows = evaluate_depth(models, load_cifar10("test", a.data), a.n_grids)
-        command = "python -m coda.depth " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+        command = cli.recorded_command("coda.depth", sys.argv[1:] if argv is None else argv)
         write_json({"rows": rows, "n_grids": a.n_grids, "seed": 0, "command": command, "models": info}, a.out)
         print(a.out)
         return

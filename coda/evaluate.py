@@ -25,7 +25,6 @@ import json
 import math
 import os
 import platform
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         methods.remove("coda")  # contributions are exact only from the first CoDA layer on
         print("the model has a conventional stem: 'coda' left out (it explains the input of the first CoDA layer)")
     out = Path(a.out or PROJECT_ROOT / "results" / info["name"])
-    command = shlex.join(["python", "-m", "coda.evaluate", *argv])
+    command = cli.recorded_command("coda.evaluate", argv)
     run(model, info, methods, out, command, a, orders, device, tasks)
 
 

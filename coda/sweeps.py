@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -571,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
     layers.add_argument("--n-grids", type=int, default=EVAL_SIZES["n_grids"])
     layers.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
     a = p.parse_args(argv)
-    command = "python -m coda.sweeps " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = cli.recorded_command("coda.sweeps", sys.argv[1:] if argv is None else argv)
     if a.command == "train":
         train_sweeps(a.sweeps, a.runs_dir, a.data, a.device)
     elif a.command == "evaluate":

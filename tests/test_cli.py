@@ -87,3 +87,27 @@ def test_python_m_still_works():
     out = subprocess.run([sys.executable, "-m", "coda.published", "list"], capture_output=True, text=True,
                          check=True).stdout
     assert "cifar10-9L-S-T1000" in out
+
+
+def test_recorded_commands_do_not_name_this_machines_data_folder():
+    argv = ["layers", "--data", "/home/someone/cifar", "--n-grids", "5", "--model", "run dir/last.pt"]
+    assert cli.recorded_command("coda.sweeps", argv) == (
+        "python -m coda.sweeps layers --data <data folder> --n-grids 5 --model 'run dir/last.pt'")
+    assert cli.recorded_command("coda.depth", ["evaluate", "--data=/x/y"]) == (
+        "python -m coda.depth evaluate --data=<data folder>")
+    assert cli.recorded_command("coda.evaluate", ["--model", "m"]) == "python -m coda.evaluate --model m"
+
+
+def test_a_results_file_records_the_command_without_the_data_folder(tmp_path, monkeypatch):
+    """End to end through `coda.sweeps layers`, whose record once held a machine's path."""
+    import json
+
+    from coda import sweeps
+
+    monkeypatch.setattr(sweeps, "evaluate_layers", lambda *a, **k: [{"layer": None, "localisation_mean": 0.5}])
+    monkeypatch.setattr(sweeps, "load_cifar10", lambda split, data: None)
+    data = tmp_path / "my data"
+    sweeps.main(["layers", "--model", "cifar10-9L-S-f8-T1000", "--out", str(tmp_path), "--data", str(data)])
+    record = json.loads(next(tmp_path.glob("layers*.json")).read_text())
+    assert record["command"].endswith("--data <data folder>")
+    assert str(data) not in record["command"]
