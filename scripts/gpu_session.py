@@ -59,16 +59,14 @@ What session 14 learnt (its results: data/training/README.md and results/recipes
 The daemons ran on between the calls as planned, and all six training jobs finished. The
 post-hoc job failed at once: call 2 did not carry ``data/pretrained/manifest.json``, and the
 machine had dropped the copy that call 1 carried, so a later session must carry it in both
-calls. And a localisation task computed on the GPU is not comparable with one computed on the
-CPU: the grids are drawn from the most confident images of each class, ranked by logits in
-which the two devices differ (207 of 500 grids differed), so run every method of one model's
-pointing game on the same device.
+calls. And grids drawn on the GPU are not the CPU's (the most confident images of each class
+are ranked by logits in which the two devices differ: 207 of 500 grids differed), which is why
+``coda.evaluate`` now scores the grids stored in the results folder it writes to.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -120,11 +118,6 @@ def coda_args(d: int) -> list[str]:
 
 def log(job: str, text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')} {job}] {text}", flush=True)
-
-
-def write_json(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def deadline() -> float:
@@ -303,12 +296,12 @@ def finish(seconds: float, out: Path) -> None:
     posthoc = spawn("posthoc", daemon=True)
     while time.time() < stop_at:
         time.sleep(5)
+        posthoc.poll()  # reap it when it ends, or its group still looks alive
         if int(time.time() - t0) % 60 < 5:
             running = [p.stem for p in WORK.glob("*.pid") if _alive(int(p.read_text()))]
             log("finish", f"running: {running}")
             if not running:
                 break
-    posthoc.poll()
     stop_all()
     time.sleep(2)
     pack(out)
@@ -339,7 +332,7 @@ def pack(out: Path) -> None:
         "conventional.tar": [compact.get(key) for key in CONVENTIONAL_RUNS],
         **{f"coda{d}.tar": [compact.get(d)] for d in range(4)},
         "posthoc.tar": [ROOT / "results" / DEFAULT_NAME],
-        "logs.tar": [*WORK.glob("*.log"), *WORK.glob("*.json")],
+        "logs.tar": list(WORK.glob("*.log")),
     }
     for name, paths in groups.items():
         with tarfile.open(out / name, "w") as tar:
