@@ -551,7 +551,8 @@ def markdown_table(folder: str | os.PathLike) -> str:
     the same grids, the published value; pixel removal (least important first, mean over the
     curve), its number of images, the CoDA mean on the same images, the published value; the
     CPU seconds per attribution of one class on a 96x96 grid and their ratio to the CoDA
-    contributions (compare with care where the thread counts differ). Followed by which
+    contributions (compare with care where the thread counts differ; a method that ran on a GPU
+    gets the device's name instead). Followed by which
     methods beat the CoDA contributions on the same data. ``ValueError`` if ``folder`` holds
     no results.
     """
@@ -575,17 +576,22 @@ def markdown_table(folder: str | os.PathLike) -> str:
     lines = ["| method | localisation mean (median) | grids | Ours, same grids | published | pixel removal | images "
              "| Ours, same images | published | CPU s per attribution (threads) | x Ours |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def cpu_seconds(m: str) -> float | None:  # only where the method ran on a CPU (a GPU's host seconds say nothing)
+        t = timing.get(m)
+        return float(t["cpu_seconds_per_attribution"]) if t is not None and t.get("device", "cpu") == "cpu" else None
+
     for m in methods:
         loc_m, r, t = loc.get(m), rem.get(m), timing.get(m)
-        cpu = None if t is None else float(t["cpu_seconds_per_attribution"])
-        ratio = f"{cpu / float(timing['coda']['cpu_seconds_per_attribution']):.1f}" if cpu and "coda" in timing else "-"
+        cpu, ours_cpu = cpu_seconds(m), cpu_seconds("coda")
+        ratio = f"{cpu / ours_cpu:.1f}" if cpu and ours_cpu else "-"
+        time_cell = "-" if t is None else f"{cpu:.3g} ({t['threads']})" if cpu is not None else f"- (ran on {t['device']})"
         lines.append("| " + " | ".join([
             f"{labels[m]} (`{m}`)",
             "-" if loc_m is None else f"{loc_m['mean']:.3f} ({loc_m['median']:.3f})", "-" if loc_m is None else f"{loc_m['n_grids']:,}",
             number(ours_loc.get(m)) if loc_m is not None else "-", published_loc(m),
             number(None if r is None else r["mean"]), "-" if r is None else f"{r['n_images']:,}",
             number(ours_rem.get(m)) if r is not None else "-", number(PUBLISHED["removal_mean"].get(m)),
-            "-" if cpu is None else f"{cpu:.3g} ({t['threads']})", ratio]) + " |")
+            time_cell, ratio]) + " |")
 
     def beaten_by(table: dict, ours: dict) -> str:
         better = [f"{labels[m]} ({table[m]['mean']:.3f} against {ours[m]:.3f})" for m in table

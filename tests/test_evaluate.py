@@ -398,6 +398,17 @@ def test_command_line_resumes_and_mixes_sizes(colour_world, capsys):
             assert bare_cells[:5] == cells[:5]  # localisation and Ours on the same grids
             assert bare_cells[7] == "-" or "`coda`" in row or cells[7] == "-"  # removal: no per-image record
     assert "not paired with Ours: Grad" in markdown_table(bare)
+    # A method timed on a GPU has no CPU seconds to compare: the device is named instead.
+    timing_rows = read_csv(out / "timing.csv")
+    for row in timing_rows:
+        if row["method"] == "grad":
+            row["device"] = "cuda"
+    with open(out / "timing.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(timing_rows[0]))
+        writer.writeheader()
+        writer.writerows(timing_rows)
+    grad_row = next(r for r in markdown_table(out).splitlines() if "`grad`" in r).split(" | ")
+    assert grad_row[9:] == ["- (ran on cuda)", "- |"]
 
 
 class Tampered:
