@@ -46,15 +46,23 @@ def describe_machine() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {device}, torch {torch.__version__}"
 
 
+def network_kind(mc: dict) -> str:
+    """What kind of network the model config ``mc`` (a dict) builds, for the card's first line."""
+    resnet, width = mc.get("resnet_stages", 0), mc.get("resnet_width", 1)
+    resnet20 = "ResNet-20" if width == 1 else f"ResNet-20 x {width} (every stage {width} times wider)"
+    if not _n_coda_layers(mc):
+        return f"{resnet20} (He et al. 2016), an all-conventional CNN (no CoDA layer)" if resnet else \
+            "An all-conventional CNN (no CoDA layer)"
+    if resnet:
+        return f"A hybrid CoDA-Net (the first {resnet} stage(s) of {resnet20}, CoDA layers)"
+    return "A hybrid CoDA-Net (conventional stem, CoDA layers)" if mc["stem_depth"] else "A CoDA-Net"
+
+
 def model_card(entry: dict, notes: str = "") -> str:
     """The markdown model card of a manifest ``entry`` (see :func:`export_pretrained`)."""
     name = entry["file"].removesuffix(".pt")
     mc = entry["model_config"]
-    resnet = mc.get("resnet_stages", 0)
-    kind = ("ResNet-20 (He et al. 2016), an all-conventional CNN (no CoDA layer)" if resnet and not _n_coda_layers(mc)
-            else "An all-conventional CNN (no CoDA layer)" if not _n_coda_layers(mc)
-            else f"A hybrid CoDA-Net (the first {resnet} stage(s) of ResNet-20, CoDA layers)" if resnet
-            else "A hybrid CoDA-Net (conventional stem, CoDA layers)" if mc["stem_depth"] else "A CoDA-Net")
+    kind = network_kind(mc)
     sections = [
         f"# {name}\n\n{kind} for CIFAR-10, trained with `coda.train` and exported with "
         "`python -m coda.pretrained export`. Generated from the training checkpoint; do not edit by hand.",
@@ -207,7 +215,8 @@ def _layer_table(mc: dict) -> str:
     head = "## Layers\n\n| layer | " + " | ".join(str(i + 1) for i in range(n)) + " |"
     rows = [
         ("type", kinds),
-        ("out channels", mc["channels"]),
+        ("out channels", [c * mc.get("resnet_width", 1) if kind.startswith("ResNet-20 stage") else c
+                          for c, kind in zip(mc["channels"], kinds, strict=True)]),
         ("kernel", mc["kernel_sizes"]),
         ("stride", mc["strides"]),
         ("rank", _ranks(mc)),
@@ -217,7 +226,9 @@ def _layer_table(mc: dict) -> str:
     if mc.get("resnet_stages", 0):
         lines += ["", "The columns of a ResNet-20 stage are that stage as a whole: 3 basic residual blocks of "
                   "two 3x3 conv-BN each (stage 1 also the first 3x3 conv-BN-ReLU), in place of those layers "
-                  "of the 9L-S layout, which end at the same resolution and channels."]
+                  "of the 9L-S layout, which end at the same resolution and channels"
+                  + ("." if mc.get("resnet_width", 1) == 1 else
+                     f" ({mc['resnet_width']} times those channels here: `resnet_width = {mc['resnet_width']}`).")]
     if not _n_coda_layers(mc):
         lines += ["", "All layers are conventional: a CNN baseline without contributions."]
     elif stem:

@@ -1,24 +1,28 @@
 """Interpretable depth as the journal means it: CoDA layers on the stages of a trained ResNet-20.
 
-A hybrid ``cifar10-hybrid-d<d>-f8-T1000`` computes the first ``d`` stages of ResNet-20 (its
-embedding, started from the trained ``cifar10-resnet20-e70-T64`` and fine-tuned) and then the 9L-S's
-CoDA layers from the same resolution on (docs/method.md#interpretable-depth-and-hybrids). Its
-decisions decompose exactly into contributions of the first CoDA layer's input, not of the
-pixels: the deeper the embedding, the deeper the explanation starts. The study measures, for
-``d = 0`` (the pure 9L-S, ``cifar10-9L-S-f8-T1000``, the same 40-epoch budget), the hybrids
-``d = 1, 2, 3`` and the all-conventional ResNet-20:
+A hybrid computes the first ``d`` stages of a trained ResNet-20 (its embedding, started from the
+conventional network's weights and fine-tuned) and then the 9L-S's CoDA layers from the same
+resolution on (docs/method.md#interpretable-depth-and-hybrids). Its decisions decompose exactly
+into contributions of the first CoDA layer's input, not of the pixels: the deeper the
+embedding, the deeper the explanation starts. A :class:`Study` measures, for ``d = 0`` (the
+pure 9L-S with the same budget), the hybrids ``d = 1, 2, 3`` and the all-conventional network:
 
 * test accuracy on the 10,000 CIFAR-10 test images;
 * localisation of the contributions at the input of the first CoDA layer, on grids that are the
   same for every model (:func:`shared_grids`: images that every model classifies correctly);
-* as the reference, the pure 9L-S explained from its layer of the same resolution and width
+* as the reference, the pure 9L-S explained from its layer of the same resolution
   (:data:`REFERENCE_LAYER`): what localisation costs when an explanation starts that deep
   without a conventional embedding below it.
+
+Two studies exist (:data:`STUDIES`). ``x4``, the one the workbook draws (:data:`STUDY`): ResNet-20
+with its stages four times wider (91% on this project's test images), 12 epochs for every
+CoDA-Net, trained on a lent GPU. ``x1``, the earlier one: the plain ResNet-20 (88.0%), 40 epochs
+each, trained on CPUs; its embedding was too weak for the trade-off to show.
 
 ::
 
     python -m coda.depth status      # which of the models exist (shipped or finished runs)
-    python -m coda.depth evaluate    # results/depth/depth.json
+    python -m coda.depth evaluate    # results/depth/depth.json (--study x1: depth-x1.json)
     python -m coda.depth table       # the README's markdown table
     python -m coda.depth figure      # figures/04_depth_tradeoff.png (as notebook 04 saves it)
 """
@@ -29,6 +33,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,38 +46,60 @@ from coda.inference import predict
 from coda.metrics import Grids, grids_from_logits, localisation_scores
 from coda.models import CoDANet
 
-PURE = "cifar10-9L-S-f8-T1000"  # d = 0: the pure CoDA-Net with the hybrids' budget
 PURE_LABEL = "pure CoDA-Net (9L-S)"  # d = 0 in tables and figures: no embedding, not a hybrid
-CONVENTIONAL = "cifar10-resnet20-e70-T64"  # the all-conventional network whose stages embed the hybrids
 DEPTHS = (1, 2, 3)
-EPOCHS = 40  # the shared budget (data/training/README.md)
-# The 9L-S layer whose input has the resolution and width of ResNet-20 stage d's output
-# (16 channels at 32 x 32, 32 at 16 x 16, 64 at 8 x 8): where a hybrid's CoDA part begins.
+# The 9L-S layer whose input has the resolution of ResNet-20 stage d's output (32 x 32, 16 x 16,
+# 8 x 8; and its width, 16, 32 or 64 channels, at ResNet-20 x 1): where a hybrid's CoDA part begins.
 REFERENCE_LAYER = {1: 2, 2: 5, 3: 8}
 N_GRIDS = 100
-RESULTS = PROJECT_ROOT / "results" / "depth" / "depth.json"
+RESULTS_DIR = PROJECT_ROOT / "results" / "depth"
 RUNS_DIR = PROJECT_ROOT / "runs"
 
 
-def hybrid_name(d: int) -> str:
-    """The shipped name of the hybrid on the first ``d`` ResNet-20 stages."""
-    return f"cifar10-hybrid-d{d}-f8-T1000"
+@dataclass(frozen=True)
+class Study:
+    """The shipped names of one study's models and the budget they share.
+
+    ``hybrids`` is the hybrids' name with ``{d}`` for the number of ResNet-20 stages; a model
+    counts as trained when it is shipped or its run in ``runs/<name>/`` has ``epochs`` epochs.
+    """
+
+    key: str
+    pure: str  # d = 0: the pure CoDA-Net with the hybrids' budget
+    hybrids: str
+    conventional: str  # the all-conventional network whose stages embed the hybrids
+    width: int  # its stages are ResNet-20's, ``width`` times wider (``resnet_width``)
+    epochs: int
+    results: Path
+
+    def hybrid_name(self, d: int) -> str:
+        """The shipped name of the hybrid on the first ``d`` ResNet-20 stages."""
+        return self.hybrids.format(d=d)
+
+    def model_names(self) -> list[str]:
+        """Every model of the study, shallowest explanation first: d = 0, 1, 2, 3, the ResNet-20."""
+        return [self.pure, *(self.hybrid_name(d) for d in DEPTHS), self.conventional]
 
 
-def model_names() -> list[str]:
-    """Every model of the study, shallowest explanation first: d = 0, 1, 2, 3, the ResNet-20."""
-    return [PURE, *(hybrid_name(d) for d in DEPTHS), CONVENTIONAL]
+STUDIES = {
+    "x4": Study("x4", pure="cifar10-9L-S-f8-e12-T1000", hybrids="cifar10-hybrid-d{d}-x4-f8-e12-T1000",
+                conventional="cifar10-resnet20x4-e50-T64", width=4, epochs=12, results=RESULTS_DIR / "depth.json"),
+    "x1": Study("x1", pure="cifar10-9L-S-f8-T1000", hybrids="cifar10-hybrid-d{d}-f8-T1000",
+                conventional="cifar10-resnet20-e70-T64", width=1, epochs=40, results=RESULTS_DIR / "depth-x1.json"),
+}
+STUDY = STUDIES["x4"]  # the study the notebooks and the README show
+RESULTS = STUDY.results
 
 
-def find_model(name: str, runs_dir: Path = RUNS_DIR) -> str | None:
+def find_model(name: str, runs_dir: Path = RUNS_DIR, epochs: int = STUDY.epochs) -> str | None:
     """How to load ``name``: its shipped name, else its finished run's checkpoint
-    (``runs/<name>/last.pt`` after :data:`EPOCHS` epochs), else None."""
+    (``runs/<name>/last.pt`` after ``epochs`` epochs), else None."""
     from coda.pretrained import list_pretrained
 
     if name in list_pretrained():
         return name
     path = Path(runs_dir) / name / "last.pt"
-    if path.exists() and load_checkpoint(path)["epoch"] >= EPOCHS:
+    if path.exists() and load_checkpoint(path)["epoch"] >= epochs:
         return str(path)
     return None
 
@@ -101,16 +128,17 @@ def first_coda_layer_explainer(model: CoDANet):
 
 def evaluate_depth(models: Mapping[str, CoDANet], test: ImageDataset, n_grids: int = N_GRIDS,
                    seed: int = 0, grids: Grids | None = None) -> list[dict]:
-    """One row per model (names as in :func:`model_names`; missing ones are skipped).
+    """One row per model (names as in :meth:`Study.model_names`; missing ones are skipped).
 
     Row keys: name, d (ResNet-20 stages before the first CoDA layer; 3 and no CoDA layer for
     the ResNet-20), parameters, test_accuracy, explained_from, localisation_mean and _median
-    (None without CoDA layers), n_grids, and for a hybrid whose d has a reference and the pure
-    model present: reference_layer, reference_localisation_mean and _median (the pure model
+    (None without CoDA layers), n_grids, and for a hybrid whose d has a reference and a pure
+    model (no stem) among ``models``: reference_layer, reference_localisation_mean and _median (the pure model
     from that layer, same grids).
     """
     logits = {name: predict(m, test.images) for name, m in models.items()}  # one pass per model: accuracy and grids
     coda_names = [name for name, m in models.items() if len(m.layers)]
+    pure = next((m for m in models.values() if len(m.layers) and not len(m.stem)), None)
     if grids is None and coda_names:
         grids = shared_grids([logits[name] for name in coda_names], test, n_grids, seed)
     rows = []
@@ -123,7 +151,6 @@ def evaluate_depth(models: Mapping[str, CoDANet], test: ImageDataset, n_grids: i
         if len(model.layers):
             loc = localisation_scores(model, grids, first_coda_layer_explainer(model))
             row.update(localisation_mean=loc.mean, localisation_median=loc.median, n_grids=len(grids))
-            pure = models.get(PURE)
             if d in REFERENCE_LAYER and pure is not None:
                 ref = localisation_scores(pure, grids, layer_explainer(REFERENCE_LAYER[d]))
                 row.update(reference_layer=REFERENCE_LAYER[d], reference_localisation_mean=ref.mean,
@@ -193,6 +220,13 @@ def reference_sentences(rows: Sequence[Mapping]) -> list[str]:
     return out
 
 
+def _resnet_label(row: Mapping) -> str:
+    """"ResNet-20" or "ResNet-20 x k" for the conventional network's row (from its name)."""
+    name = row["name"]
+    width = name.split("resnet20x", 1)[1].split("-", 1)[0] if "resnet20x" in name else ""
+    return f"ResNet-20 x {width}" if width.isdigit() else "ResNet-20"
+
+
 def plot_depth(rows: Sequence[Mapping]):
     """Accuracy and localisation against interpretable depth (the number d of ResNet-20 stages
     before the first CoDA layer): the pure model (d = 0, "pure CoDA-Net (9L-S)", a square) and
@@ -217,7 +251,7 @@ def plot_depth(rows: Sequence[Mapping]):
                     label="hybrid: CoDA layers on d ResNet-20 stages (explained at its layer 0)")
     for r in conventional:
         ax_acc.axhline(100 * r["test_accuracy"], color="0.4", ls="--", lw=1,
-                       label=f"ResNet-20, no CoDA layer ({100 * r['test_accuracy']:.1f}%)")
+                       label=f"{_resnet_label(r)}, no CoDA layer ({100 * r['test_accuracy']:.1f}%)")
     refs = [(r["d"], r["reference_localisation_mean"]) for r in coda_rows if r.get("reference_layer") is not None]
     if refs:
         start = [(0, pure[0]["localisation_mean"])] if pure else []
@@ -286,12 +320,12 @@ def plot_same_depth_maps(maps: Mapping[str, torch.Tensor], images: torch.Tensor,
     return fig
 
 
-def _load_available(runs_dir: Path = RUNS_DIR) -> tuple[dict[str, CoDANet], dict[str, dict]]:
+def _load_available(study: Study = STUDY, runs_dir: Path = RUNS_DIR) -> tuple[dict[str, CoDANet], dict[str, dict]]:
     from coda.pretrained import load_model
 
     models, info = {}, {}
-    for name in model_names():
-        spec = find_model(name, runs_dir)
+    for name in study.model_names():
+        spec = find_model(name, runs_dir, study.epochs)
         if spec is not None:
             models[name], record = load_model(spec)
             info[name] = {k: record.get(k) for k in ("source", "sha256") if k in record}
@@ -300,41 +334,46 @@ def _load_available(runs_dir: Path = RUNS_DIR) -> tuple[dict[str, CoDANet], dict
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog=cli.prog("depth"), description=__doc__.split("\n\n")[0])
+    p.add_argument("--study", choices=sorted(STUDIES), default=STUDY.key,
+                   help=f"which study (default {STUDY.key}: the one the workbook shows)")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="which models of the study exist")
     e = sub.add_parser("evaluate", help="accuracy and localisation of every available model")
     e.add_argument("--n-grids", type=int, default=N_GRIDS)
     e.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
-    e.add_argument("--out", type=Path, default=RESULTS)
+    e.add_argument("--out", type=Path, help="results file (default: the study's, in results/depth/)")
     sub.add_parser("table", help="the markdown table of the stored results")
     f = sub.add_parser("figure", help="figures/04_depth_tradeoff.png from the stored results (the figure notebook 04 saves)")
     f.add_argument("--out", default=str(PROJECT_ROOT / "figures"))
     a = p.parse_args(argv)
+    study = STUDIES[a.study]
     if a.command == "status":
-        for name in model_names():
-            print(f"{name:<28} {find_model(name) or 'missing'}")
+        for name in study.model_names():
+            print(f"{name:<36} {find_model(name, epochs=study.epochs) or 'missing'}")
         return
     if a.command == "evaluate":
         if a.n_grids < 1:
             p.error(f"--n-grids must be >= 1, got {a.n_grids}")
-        models, info = _load_available()
+        models, info = _load_available(study)
         if not models:
-            p.error("no model of the study is available (python -m coda.depth status)")
+            p.error(f"no model of the study is available (python -m coda.depth --study {study.key} status)")
         rows = evaluate_depth(models, load_cifar10("test", a.data), a.n_grids)
         command = cli.recorded_command("coda.depth", sys.argv[1:] if argv is None else argv)
-        write_json({"rows": rows, "n_grids": a.n_grids, "seed": 0, "command": command, "models": info}, a.out)
-        print(a.out)
+        out = a.out or study.results
+        write_json({"rows": rows, "n_grids": a.n_grids, "seed": 0, "command": command, "models": info}, out)
+        print(out)
         return
-    record = read_results()
+    record = read_results(study.results)
     if record is None:
-        p.error(f"no results yet: run python -m coda.depth evaluate (expected {RESULTS})")
+        p.error(f"no results yet: run python -m coda.depth --study {study.key} evaluate (expected {study.results})")
     if a.command == "table":
         print(markdown_table(record["rows"]))
     else:
         from coda import plotting
 
         plotting.use_style()  # the workbook's style, as the notebooks use it
-        print(plotting.save_figure(plot_depth(record["rows"]), "04_depth_tradeoff", a.out))
+        name = "04_depth_tradeoff" + ("" if study is STUDY else f"_{study.key}")
+        print(plotting.save_figure(plot_depth(record["rows"]), name, a.out))
 
 
 if __name__ == "__main__":

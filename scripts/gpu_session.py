@@ -3,16 +3,17 @@
 The device tool gives a session about 15 minutes of one GPU and carries at most 64 MiB with
 the checkout per call; whatever a call starts as a daemon (a new process session) runs on while
 the machine stays warm, which is 30 s after each call. This script uses that to keep the GPU
-busy from the first call to the last. Session 14 wrote it and ran it with ResNet-20 at width 1
-(its results: data/training/README.md); it is set up now for the next lent GPU, with the wider
-ResNet-20 x 4 that the interpretable-depth study needs (session 13's version is in git history):
+busy from the first call to the last. Session 14 wrote it (ResNet-20 at width 1); session 15
+ran this version, which trained the interpretable-depth study on ResNet-20 x 4 (its results:
+data/training/README.md; earlier versions are in git history):
 
-``start``
+``start --hold S``
     Call 1, which carries the JPEG packs of the CIFAR-10 training and test images
     (``python -m coda.data pack --splits train test``, in ``data/cifar10-jpeg/``) and the
     captum wheel (``.whl/``). Decodes the packs once, starts CUDA's multi-process service (the
-    kernels of several processes then share the GPU instead of taking turns), launches the
-    training jobs below as daemons, runs ``tests/test_cuda.py`` beside them and returns.
+    kernels of several processes then share the GPU instead of taking turns), times one step
+    of ResNet-20 x 4 to choose its epochs, launches it as a daemon, runs ``tests/test_cuda.py``
+    beside it and reports its progress until S seconds have passed.
 ``finish --seconds S --out DIR``
     Call 2, at once, which carries the exact test images (``data/cifar10/test.npz``), the
     default model, ``data/pretrained/manifest.json`` (again: the machine drops the copy call 1
@@ -24,21 +25,18 @@ The jobs (issue 16, the interpretable-depth study, and issue 15's post-hoc basel
 
 * ``resnet``: ResNet-20 x :data:`WIDTH` (``--resnet-width``) from scratch, softmax
   cross-entropy, SGD with Nesterov momentum at peak rate 0.2 on batches of 256, weight decay
-  5e-4, two warm-up epochs and cosine decay over 100 epochs, float32; exported (provisionally)
-  as :data:`EMBEDDING`, then it launches the hybrids on its stages. (Session 14: width 1,
-  88.41%; the same at batch 128 and rate 0.1, 88.37%; 100 epochs at width 1 took 287 s beside
-  the other jobs. Width 4 has 16x its multiply-adds, and a CPU step took 13x as long: time one
-  epoch in call 1's output, and give it fewer epochs if the hybrids would not get half the
-  window.)
-* ``resnet-x2``: the same at width 2, for comparison.
-* ``coda0`` (the pure 9L-S at rank factor 8, from t = 0) and ``coda1-3`` (the hybrids, each
-  fine-tuning the first d stages of :data:`EMBEDDING` under CoDA layers): one budget for all,
-  :data:`CODA_EPOCHS` epochs at batch 128, Adam at peak rate 1e-3, one warm-up epoch, cosine
-  decay, BCE, bf16 autocast.
-* ``posthoc``: ``coda.evaluate`` of the default model, the cheap methods on the full protocol
-  (500 grids, 1,024 removal images) first, then the expensive ones on 50 grids and 128 images;
-  what the results folder holds already is skipped, and the grids are those stored there (the
-  CPU's), so GPU and CPU results pair up.
+  5e-4, two warm-up epochs and cosine decay, float32, for as many epochs (30 to 100) as fit in
+  :data:`RESNET_SECONDS` by a step timed at the start; exported (provisionally, as
+  :func:`embedding_name`), then it launches the hybrids on its stages and the post-hoc job.
+  (Session 15: a step of 16.1 ms at batch 256, 50 epochs in 172 s, 90.95%.)
+* ``coda1-3``, the hybrids, each fine-tuning the first d stages of the ResNet under CoDA layers:
+  one budget for all, :data:`CODA_EPOCHS` epochs at batch 128, Adam at peak rate 1e-3, one
+  warm-up epoch, cosine decay, BCE, bf16 autocast. The pure 9L-S with that budget (``d = 0``)
+  trained in session 14. (Session 15: 92, 157 and 293 s for d = 3, 2, 1, side by side.)
+* ``posthoc``: ``coda.evaluate`` of the default model, the methods of :data:`POSTHOC` in that
+  order, each on its grids and removal images; what the results folder holds already is
+  skipped, and the grids are those stored there (the CPU's), so GPU and CPU results pair up.
+  It starts with the hybrids, once call 2 has brought the default model and the test images.
 
 The per-epoch test accuracy the training jobs log is on the JPEG copy of the test images (a
 monitor only); every number the project reports is measured afterwards on the exact ones.
@@ -55,13 +53,14 @@ come back right after (commit nothing in between)::
 
 ``GPU_SESSION_DRY=1`` runs the same plumbing on the CPU with a few images and epochs.
 
-What session 14 learnt (its results: data/training/README.md and results/recipes/NOTES.md).
-The daemons ran on between the calls as planned, and all six training jobs finished. The
-post-hoc job failed at once: call 2 did not carry ``data/pretrained/manifest.json``, and the
-machine had dropped the copy that call 1 carried, so a later session must carry it in both
-calls. And grids drawn on the GPU are not the CPU's (the most confident images of each class
-are ranked by logits in which the two devices differ: 207 of 500 grids differed), which is why
-``coda.evaluate`` now scores the grids stored in the results folder it writes to.
+What sessions 14 and 15 learnt. The daemons run on between the calls as planned. Call 2 must carry
+``data/pretrained/manifest.json`` (it stays tracked: the copy call 1 carried is replaced by the
+tree's), and the jobs keep the wheels' ``PYTHONPATH``. Grids drawn on the GPU are not the CPU's
+(the most confident images of each class are ranked by logits in which the two devices differ:
+207 of 500 grids differed in session 14), which is why ``coda.evaluate`` scores the grids stored
+in the results folder it writes to. In session 15 the two calls held the machine 194 s and then
+526 s (720 of the 900 s): 172 s of ResNet-20 x 4, 293 s of hybrids after it, and post-hoc
+methods beside them until the deadline.
 """
 
 from __future__ import annotations

@@ -62,19 +62,33 @@ def test_reference_layers_have_the_resolution_and_width_of_the_stage():
         stage_out = hybrid.stem(hybrid.encode(x))
         assert stage_out.shape[1:] == inputs[layer], d
         assert len(hybrid.layers) == len(pure.layers) - layer
+        wide = build_model("cifar10-hybrid", resnet_stages=d, resnet_width=4, rank_factor=8, temperature=1000.0)
+        wide_out = wide.stem(wide.encode(x))  # the x4 study: the same resolution, four times the channels
+        assert wide_out.shape[2:] == inputs[layer][1:] and wide_out.shape[1] == 4 * inputs[layer][0], d
+        assert len(wide.layers) == len(pure.layers) - layer
+
+
+def test_the_studies_name_distinct_models_results_and_budgets():
+    x4, x1 = D.STUDIES["x4"], D.STUDIES["x1"]
+    assert D.STUDY is x4 and D.RESULTS == x4.results != x1.results
+    assert not set(x4.model_names()) & set(x1.model_names())
+    assert x4.hybrid_name(2) == "cifar10-hybrid-d2-x4-f8-e12-T1000" and x1.hybrid_name(2) == "cifar10-hybrid-d2-f8-T1000"
+    assert (x4.epochs, x1.epochs) == (12, 40) and (x4.width, x1.width) == (4, 1)
+    assert D._resnet_label({"name": x4.conventional}) == "ResNet-20 x 4"
+    assert D._resnet_label({"name": x1.conventional}) == "ResNet-20"
 
 
 def test_evaluate_depth_rows_table_and_figure(monkeypatch, tmp_path):
     torch.manual_seed(0)
-    models = {D.PURE: build_model("cifar10-9L-S", rank_factor=8, temperature=1000.0).eval(),
-              D.hybrid_name(1): build_model("cifar10-hybrid", resnet_stages=1, rank_factor=8,
+    models = {D.STUDY.pure: build_model("cifar10-9L-S", rank_factor=8, temperature=1000.0).eval(),
+              D.STUDY.hybrid_name(1): build_model("cifar10-hybrid", resnet_stages=1, rank_factor=8,
                                             temperature=1000.0).eval(),
-              D.CONVENTIONAL: build_model("cifar10-resnet20").eval()}
+              D.STUDY.conventional: build_model("cifar10-resnet20").eval()}
     test = toy_test(20)
     grids = grids_from_logits(confident_logits(test.labels, torch.ones(20)), test, n_grids=2)
     rows = D.evaluate_depth(models, test, grids=grids)
     by_name = {r["name"]: r for r in rows}
-    pure, hybrid, resnet = by_name[D.PURE], by_name[D.hybrid_name(1)], by_name[D.CONVENTIONAL]
+    pure, hybrid, resnet = by_name[D.STUDY.pure], by_name[D.STUDY.hybrid_name(1)], by_name[D.STUDY.conventional]
     assert (pure["d"], hybrid["d"]) == (0, 1) and pure["explained_from"].startswith("the image")
     assert hybrid["explained_from"] == "layer 0's input (after ResNet-20 stage 1)"
     assert hybrid["reference_layer"] == 2 and 0 <= hybrid["reference_localisation_mean"] <= 1
@@ -82,12 +96,12 @@ def test_evaluate_depth_rows_table_and_figure(monkeypatch, tmp_path):
     assert resnet["localisation_mean"] is None and resnet["explained_from"].startswith("nothing")
     for r in (pure, hybrid):
         assert r["n_grids"] == 2 and 0 <= r["localisation_mean"] <= 1 and 0 <= r["test_accuracy"] <= 1
-    assert hybrid["parameters"] == sum(p.numel() for p in models[D.hybrid_name(1)].parameters())
+    assert hybrid["parameters"] == sum(p.numel() for p in models[D.STUDY.hybrid_name(1)].parameters())
     for r in rows:  # accuracy from the one prediction pass equals the trainer's evaluation
         assert r["test_accuracy"] == pytest.approx(evaluate_accuracy(models[r["name"]], test)["accuracy"], abs=1e-9)
 
     table = D.markdown_table(rows)
-    assert table.count("\n") == 1 + len(rows) and "| 3 (all) | `cifar10-resnet20-e70-T64` |" in table
+    assert table.count("\n") == 1 + len(rows) and f"| 3 (all) | `{D.STUDY.conventional}` |" in table
     assert "layer 2: " in table
     fig = D.plot_depth(rows)
     assert len(fig.axes) == 2
@@ -106,28 +120,28 @@ def test_evaluate_depth_rows_table_and_figure(monkeypatch, tmp_path):
 def test_find_model_prefers_shipped_then_a_finished_run(tmp_path, monkeypatch):
     import coda.pretrained
 
-    assert D.find_model(D.PURE, tmp_path) == D.PURE
+    assert D.find_model(D.STUDY.pure, tmp_path) == D.STUDY.pure
     # as if no hybrid were shipped yet, whichever are by now
-    monkeypatch.setattr(coda.pretrained, "list_pretrained", lambda: [D.PURE])
-    name = D.hybrid_name(3)
+    monkeypatch.setattr(coda.pretrained, "list_pretrained", lambda: [D.STUDY.pure])
+    name = D.STUDY.hybrid_name(3)
     assert D.find_model(name, tmp_path) is None
     (tmp_path / name).mkdir()
-    torch.save({"epoch": D.EPOCHS - 1}, tmp_path / name / "last.pt")
+    torch.save({"epoch": D.STUDY.epochs - 1}, tmp_path / name / "last.pt")
     assert D.find_model(name, tmp_path) is None, "an unfinished run is not evaluated"
-    torch.save({"epoch": D.EPOCHS}, tmp_path / name / "last.pt")
+    torch.save({"epoch": D.STUDY.epochs}, tmp_path / name / "last.pt")
     assert D.find_model(name, tmp_path) == str(tmp_path / name / "last.pt")
-    assert D.model_names() == [D.PURE, *(D.hybrid_name(d) for d in (1, 2, 3)), D.CONVENTIONAL]
+    assert D.STUDY.model_names() == [D.STUDY.pure, *(D.STUDY.hybrid_name(d) for d in (1, 2, 3)), D.STUDY.conventional]
 
 
 def _depth_rows():
     """Rows as evaluate_depth writes them: the pure model, two hybrids with references, the ResNet-20."""
-    pure = {"name": D.PURE, "d": 0, "parameters": 2_034_960, "test_accuracy": 0.86, "explained_from": "the image",
+    pure = {"name": D.STUDY.pure, "d": 0, "parameters": 2_034_960, "test_accuracy": 0.86, "explained_from": "the image",
             "localisation_mean": 0.63, "localisation_median": 0.64, "n_grids": 100}
-    hybrids = [{"name": D.hybrid_name(d), "d": d, "parameters": 1, "test_accuracy": acc, "explained_from": "layer 0",
+    hybrids = [{"name": D.STUDY.hybrid_name(d), "d": d, "parameters": 1, "test_accuracy": acc, "explained_from": "layer 0",
                 "localisation_mean": loc, "localisation_median": loc, "n_grids": 100,
                 "reference_layer": D.REFERENCE_LAYER[d], "reference_localisation_mean": ref,
                 "reference_localisation_median": ref} for d, acc, loc, ref in ((1, 0.87, 0.50, 0.60), (3, 0.88, 0.45, 0.40))]
-    resnet = {"name": D.CONVENTIONAL, "d": 3, "parameters": 270_154, "test_accuracy": 0.876,
+    resnet = {"name": D.STUDY.conventional, "d": 3, "parameters": 270_154, "test_accuracy": 0.876,
               "explained_from": "nothing (no CoDA layer)", "localisation_mean": None, "localisation_median": None,
               "n_grids": 0}
     return [pure, *hybrids, resnet]
@@ -150,7 +164,7 @@ def test_plot_depth_calls_depth_zero_the_pure_model_not_a_hybrid():
     (legend,) = fig.legends  # one legend for both panels, below them
     texts = [t.get_text() for t in legend.get_texts()]
     assert D.PURE_LABEL in texts and len(texts) == len(set(texts)) == 5
-    assert any(t.startswith("ResNet-20, no CoDA layer (87.6%)") for t in texts)
+    assert any(t.startswith("ResNet-20 x 4, no CoDA layer (87.6%)") for t in texts)  # the width from the name
     table = D.markdown_table(_depth_rows())
     assert f"| 0 ({D.PURE_LABEL}) |" in table and "| 1 |" in table
 
@@ -184,3 +198,26 @@ def test_same_depth_maps_are_complete_at_the_hybrids_depth(d):
     assert fig.axes[0].get_title() == "class3"
     with pytest.raises(ValueError, match="expected a pure 9L-S and a hybrid"):
         D.same_depth_maps(hybrid, hybrid, images, targets)
+
+
+def test_the_shipped_study_models_have_its_stages_width_and_budget():
+    import coda.pretrained
+
+    manifest = coda.pretrained.read_manifest()["models"]
+    names = [n for n in D.STUDY.model_names() if n in manifest]
+    if not names:
+        pytest.skip("the depth study's models are not shipped here")
+    for name in names:
+        entry, model = manifest[name], coda.pretrained.load_pretrained(name)
+        config = model.config
+        if name == D.STUDY.conventional:
+            assert not len(model.layers) and (config.resnet_stages, config.resnet_width) == (3, D.STUDY.width)
+            assert entry["test_images"] == 10_000 and entry["test_accuracy"] >= 0.90  # what the study asks of it
+            continue
+        d = int(name.split("-d")[1][0]) if name != D.STUDY.pure else 0
+        assert name == (D.STUDY.pure if d == 0 else D.STUDY.hybrid_name(d))
+        assert config.resnet_stages == d and (config.rank_factor, config.temperature) == (8, 1000.0)
+        assert config.resnet_width == (D.STUDY.width if d else 1)
+        assert entry["epochs"] == D.STUDY.epochs and entry["test_images"] == 10_000
+        if d:
+            assert entry["train_config"]["embedding_from"] == D.STUDY.conventional

@@ -344,6 +344,13 @@ def test_cards_and_tables_name_the_resnet_stages():
     resnet = C._layer_table(build_model("cifar10-resnet20").config.to_dict())
     assert resnet.count("ResNet-20 stage 3 |") == 3 and "| conv |" in resnet and "a CNN baseline" in resnet
     assert C._n_coda_layers(hybrid(3).config.to_dict()) == 1
+    wide = C._layer_table(hybrid(2, resnet_width=4).config.to_dict())  # the stages' channels as built
+    assert "| out channels | 64 | 64 | 128 | 128 | 128 | 64 | 64 | 64 | 10 |" in wide and "4 times those channels" in wide
+    assert C.network_kind(build_model("cifar10-resnet20", resnet_width=4).config.to_dict()).startswith(
+        "ResNet-20 x 4 (every stage 4 times wider) (He et al. 2016), an all-conventional CNN")
+    assert C.network_kind(hybrid(2, resnet_width=4).config.to_dict()) == \
+        "A hybrid CoDA-Net (the first 2 stage(s) of ResNet-20 x 4 (every stage 4 times wider), CoDA layers)"
+    assert C.network_kind(hybrid(2).config.to_dict()) == "A hybrid CoDA-Net (the first 2 stage(s) of ResNet-20, CoDA layers)"
     old = CONFIGS["cifar10-9L-S"].replace(stem_depth=3).to_dict()
     del old["resnet_stages"]  # a card of a model exported before the field existed
     assert C._n_coda_layers(old) == 6
