@@ -29,6 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from coda import cli
@@ -525,6 +526,17 @@ def _ours_on_the_same_grids(folder: Path) -> dict:
     """:func:`_ours_on_the_same_data`'s localisation part, from ``localisation_scores.csv``: a
     method's n grids are paired with the CoDA scores of the first n grids when every cell shows
     the same test image. ``{method: mean}``; empty without the file or CoDA scores."""
+    return {m: float(ours.mean()) for m, (_, ours) in paired_grid_scores(folder).items()}
+
+
+def paired_grid_scores(folder: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-grid localisation of each method and of the CoDA contributions on the same grids.
+
+    From ``localisation_scores.csv`` in ``folder``: a method scored on n grids is paired with the
+    first n grids of the CoDA scores when every cell shows the same test image. Returns
+    ``{method: (method_grid_means, ours_grid_means)}``, each (n,), the mean over a grid's cells
+    ("coda" itself included); empty without the file or CoDA scores.
+    """
     path = Path(folder) / "localisation_scores.csv"
     if not path.exists():
         return {}
@@ -534,12 +546,33 @@ def _ours_on_the_same_grids(folder: Path) -> dict:
             cells.setdefault(row["method"], []).append(
                 (int(row["grid"]), int(row["cell"]), int(row["image_index"]), float(row["score"])))
     ours = sorted(cells.get("coda", []))
+
+    def grid_means(rows: list[tuple[int, int, int, float]]) -> np.ndarray:
+        by_grid: dict[int, list[float]] = {}
+        for grid, _, _, score in rows:
+            by_grid.setdefault(grid, []).append(score)
+        return np.array([np.mean(by_grid[g]) for g in sorted(by_grid)])
+
     paired = {}
     for method, rows in cells.items():
         rows = sorted(rows)
         if len(rows) <= len(ours) and [r[:3] for r in rows] == [r[:3] for r in ours[:len(rows)]]:
-            paired[method] = sum(r[3] for r in ours[:len(rows)]) / len(rows)
+            paired[method] = (grid_means(rows), grid_means(ours[:len(rows)]))
     return paired
+
+
+def paired_difference(scores: np.ndarray, ours: np.ndarray, n_boot: int = 10_000, seed: int = 0) -> dict:
+    """How much a method's per-grid localisation ``scores`` (G,) exceeds the CoDA contributions'
+    ``ours`` (G,) on the same grids: the mean difference, its 95% percentile-bootstrap interval
+    (``n_boot`` resamples of the grids, seeded) as ``low`` and ``high``, and on how many grids
+    the method is ``higher`` and ``lower``; ``n`` grids."""
+    d = np.asarray(scores, dtype=np.float64) - np.asarray(ours, dtype=np.float64)
+    if d.ndim != 1 or not len(d):
+        raise ValueError(f"expected two equally long, non-empty 1-D score arrays, got shapes {np.shape(scores)} and {np.shape(ours)}")
+    boot = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"mean": float(d.mean()), "low": float(low), "high": float(high), "higher": int((d > 0).sum()),
+            "lower": int((d < 0).sum()), "n": len(d)}
 
 
 def markdown_table(folder: str | os.PathLike) -> str:
@@ -593,9 +626,18 @@ def markdown_table(folder: str | os.PathLike) -> str:
             number(ours_rem.get(m)) if r is not None else "-", number(PUBLISHED["removal_mean"].get(m)),
             time_cell, ratio]) + " |")
 
+    per_grid = paired_grid_scores(folder)
+
+    def against(m: str, table: dict, ours: dict) -> str:
+        text = f"{labels[m]} ({table[m]['mean']:.3f} against {ours[m]:.3f}"
+        if table is loc and m in per_grid:  # how sure: the per-grid differences
+            p = paired_difference(*per_grid[m])
+            text += (f"; per grid {p['mean']:+.3f}, 95% bootstrap interval {p['low']:+.3f} to {p['high']:+.3f}, "
+                     f"higher on {p['higher']} of {p['n']} grids")
+        return text + ")"
+
     def beaten_by(table: dict, ours: dict) -> str:
-        better = [f"{labels[m]} ({table[m]['mean']:.3f} against {ours[m]:.3f})" for m in table
-                  if m != "coda" and m in ours and table[m]["mean"] > ours[m]]
+        better = [against(m, table, ours) for m in table if m != "coda" and m in ours and table[m]["mean"] > ours[m]]
         unpaired = [labels[m] for m in table if m != "coda" and m not in ours]
         return (", ".join(better) if better else "none") + (
             f" (not paired with Ours: {', '.join(unpaired)})" if unpaired else "")

@@ -26,6 +26,8 @@ from coda.evaluate import (
     convert_task_files,
     main,
     markdown_table,
+    paired_difference,
+    paired_grid_scores,
     read_results,
     task_path,
     write_tables,
@@ -684,3 +686,32 @@ def test_grids_from_indices_checks_its_indices(colour_world):
         grids_from_indices(data, torch.tensor([[0, 1, 2]]), 2)
     with pytest.raises(ValueError, match="grid indices in"):
         grids_from_indices(data, torch.tensor([[0, 1, 2, 40]]), 2)
+
+
+def test_paired_difference_of_per_grid_scores():
+    ours = np.array([0.5, 0.6, 0.7, 0.8])
+    same = paired_difference(ours + 0.1, ours)  # higher everywhere by the same amount: no doubt left
+    assert same["mean"] == pytest.approx(0.1) and same["low"] == pytest.approx(0.1) and same["high"] == pytest.approx(0.1)
+    assert (same["higher"], same["lower"], same["n"]) == (4, 0, 4)
+    mixed = paired_difference(np.array([0.6, 0.5, 0.9, 0.7]), ours)  # +0.1, -0.1, +0.2, -0.1
+    assert mixed["mean"] == pytest.approx(0.025) and mixed["low"] < 0 < mixed["high"]
+    assert (mixed["higher"], mixed["lower"]) == (2, 2)
+    assert paired_difference(ours, ours, seed=1) == paired_difference(ours, ours, seed=1)
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference(np.array([]), np.array([]))
+
+
+def test_paired_grid_scores_pair_the_same_cells_only(tmp_path):
+    rows = ["method,grid,cell,class,image_index,score"]
+    for grid in range(3):  # Ours on 3 grids of 2 cells; "good" on the first 2, "other" on different images
+        for cell in range(2):
+            rows.append(f"coda,{grid},{cell},{cell},{10 * grid + cell},{0.5 + 0.1 * grid}")
+            if grid < 2:
+                rows.append(f"good,{grid},{cell},{cell},{10 * grid + cell},{0.9}")
+                rows.append(f"other,{grid},{cell},{cell},{999},{0.9}")
+    (tmp_path / "localisation_scores.csv").write_text("\n".join(rows) + "\n")
+    paired = paired_grid_scores(tmp_path)
+    assert set(paired) == {"coda", "good"}
+    scores, ours = paired["good"]
+    assert scores.tolist() == pytest.approx([0.9, 0.9]) and ours.tolist() == pytest.approx([0.5, 0.6])
+    assert paired_grid_scores(tmp_path / "nowhere") == {}
