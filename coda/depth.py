@@ -131,7 +131,7 @@ def evaluate_depth(models: Mapping[str, CoDANet], test: ImageDataset, n_grids: i
     """One row per model (names as in :meth:`Study.model_names`; missing ones are skipped).
 
     Row keys: name, d (ResNet-20 stages before the first CoDA layer; 3 and no CoDA layer for
-    the ResNet-20), parameters, test_accuracy, explained_from, localisation_mean and _median
+    the ResNet-20), resnet_width (1 for the pure model), parameters, test_accuracy, explained_from, localisation_mean and _median
     (None without CoDA layers), n_grids, and for a hybrid whose d has a reference and a pure
     model (no stem) among ``models``: reference_layer, reference_localisation_mean and _median (the pure model
     from that layer, same grids).
@@ -144,7 +144,8 @@ def evaluate_depth(models: Mapping[str, CoDANet], test: ImageDataset, n_grids: i
     rows = []
     for name, model in models.items():
         d = model.config.resnet_stages
-        row = {"name": name, "d": d, "parameters": sum(p.numel() for p in model.parameters()),
+        row = {"name": name, "d": d, "resnet_width": model.config.resnet_width,
+               "parameters": sum(p.numel() for p in model.parameters()),
                "test_accuracy": (logits[name].argmax(1) == test.labels).float().mean().item(),
                "explained_from": _explained_from(model), "localisation_mean": None,
                "localisation_median": None, "n_grids": 0}
@@ -221,10 +222,10 @@ def reference_sentences(rows: Sequence[Mapping]) -> list[str]:
 
 
 def _resnet_label(row: Mapping) -> str:
-    """"ResNet-20" or "ResNet-20 x k" for the conventional network's row (from its name)."""
-    name = row["name"]
-    width = name.split("resnet20x", 1)[1].split("-", 1)[0] if "resnet20x" in name else ""
-    return f"ResNet-20 x {width}" if width.isdigit() else "ResNet-20"
+    """"ResNet-20" or "ResNet-20 x k" for the conventional network's row (rows written before
+    the width was recorded are of width 1)."""
+    width = row.get("resnet_width", 1)
+    return "ResNet-20" if width == 1 else f"ResNet-20 x {width}"
 
 
 def plot_depth(rows: Sequence[Mapping]):

@@ -501,16 +501,11 @@ def read_results(folder: str | os.PathLike) -> dict | None:
     return out
 
 
-def _ours_on_the_same_data(folder: Path, model_id: str | None) -> tuple[dict, dict]:
-    """Mean CoDA localisation / removal on the grids / images each other method was scored on.
-
-    Smaller runs use the first grids and the first images of larger ones (the grids are a
-    seeded sequence), so a method scored on n grids is compared with the CoDA scores of those
-    same n grids, checked cell by cell through the test images in ``localisation_scores.csv``
-    (so a folder committed without ``tasks/`` pairs too); pixel removal is paired through the
-    stored tasks' per-image probabilities. Returns two dicts, ``{method: mean}``, for
-    localisation and for pixel removal ("least" order).
-    """
+def _ours_on_the_same_images(folder: Path, model_id: str | None) -> dict:
+    """Mean CoDA pixel removal ("least" order) on the images each other method was scored on:
+    smaller runs use the first images of larger ones, paired through the stored tasks'
+    per-image probabilities. ``{method: mean}`` (localisation pairs through
+    :func:`paired_grid_scores`)."""
     rem = {}
     by_key = {(t["settings"]["method"], t["settings"]["task"]): t for t in read_tasks(folder, model_id)}
     ours_rem = by_key.get(("coda", "removal-least"))
@@ -519,21 +514,16 @@ def _ours_on_the_same_data(folder: Path, model_id: str | None) -> tuple[dict, di
             n = t["result"].probabilities.shape[0]
             if n <= ours_rem["result"].probabilities.shape[0]:
                 rem[method] = float(ours_rem["result"].probabilities[:n].mean())
-    return _ours_on_the_same_grids(folder), rem
-
-
-def _ours_on_the_same_grids(folder: Path) -> dict:
-    """:func:`_ours_on_the_same_data`'s localisation part, from ``localisation_scores.csv``: a
-    method's n grids are paired with the CoDA scores of the first n grids when every cell shows
-    the same test image. ``{method: mean}``; empty without the file or CoDA scores."""
-    return {m: float(ours.mean()) for m, (_, ours) in paired_grid_scores(folder).items()}
+    return rem
 
 
 def paired_grid_scores(folder: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-grid localisation of each method and of the CoDA contributions on the same grids.
 
-    From ``localisation_scores.csv`` in ``folder``: a method scored on n grids is paired with the
-    first n grids of the CoDA scores when every cell shows the same test image. Returns
+    From ``localisation_scores.csv`` in ``folder`` (so a folder committed without ``tasks/``
+    pairs too): smaller runs use the first grids of larger ones (the grids are a seeded
+    sequence), so a method scored on n grids is paired with the first n grids of the CoDA
+    scores when every cell shows the same test image. Returns
     ``{method: (method_grid_means, ours_grid_means)}``, each (n,), the mean over a grid's cells
     ("coda" itself included); empty without the file or CoDA scores.
     """
@@ -594,7 +584,9 @@ def markdown_table(folder: str | os.PathLike) -> str:
     if res is None:
         raise ValueError(f"no results in {folder} (expected results.json written by python -m coda.evaluate)")
     loc, rem = res["localisation"], res["removal"]
-    ours_loc, ours_rem = _ours_on_the_same_data(folder, (res["record"].get("model") or {}).get("sha256"))
+    per_grid = paired_grid_scores(folder)
+    ours_loc = {m: float(ours.mean()) for m, (_, ours) in per_grid.items()}
+    ours_rem = _ours_on_the_same_images(folder, (res["record"].get("model") or {}).get("sha256"))
     timing = {r["method"]: r for r in res["timing"] if r["task"] == "localisation"}
     labels = {m: v["label"] for table in (loc, rem) for m, v in table.items()}
     methods = sorted(labels, key=lambda m: (m != "coda", m not in loc, -loc[m]["mean"] if m in loc else 0.0, m))
@@ -625,8 +617,6 @@ def markdown_table(folder: str | os.PathLike) -> str:
             number(None if r is None else r["mean"]), "-" if r is None else f"{r['n_images']:,}",
             number(ours_rem.get(m)) if r is not None else "-", number(PUBLISHED["removal_mean"].get(m)),
             time_cell, ratio]) + " |")
-
-    per_grid = paired_grid_scores(folder)
 
     def against(m: str, table: dict, ours: dict) -> str:
         text = f"{labels[m]} ({table[m]['mean']:.3f} against {ours[m]:.3f}"

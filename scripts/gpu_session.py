@@ -175,8 +175,6 @@ def job_conventional(key: str) -> None:
     args = list(args)
     args[args.index("--epochs") + 1] = (WORK / "resnet-epochs").read_text().strip()
     ckpt = train_run(args, WORK / run)
-    if key != "resnet":
-        return
     # Provisional export, so that the hybrids can name their embedding; the accuracy here is on
     # the JPEG test copy, and the CPU exports again with the exact images.
     _, test = load_jpeg_data()

@@ -74,8 +74,8 @@ def test_the_studies_name_distinct_models_results_and_budgets():
     assert not set(x4.model_names()) & set(x1.model_names())
     assert x4.hybrid_name(2) == "cifar10-hybrid-d2-x4-f8-e12-T1000" and x1.hybrid_name(2) == "cifar10-hybrid-d2-f8-T1000"
     assert (x4.epochs, x1.epochs) == (12, 40) and (x4.width, x1.width) == (4, 1)
-    assert D._resnet_label({"name": x4.conventional}) == "ResNet-20 x 4"
-    assert D._resnet_label({"name": x1.conventional}) == "ResNet-20"
+    assert D._resnet_label({"name": x4.conventional, "resnet_width": 4}) == "ResNet-20 x 4"
+    assert D._resnet_label({"name": x1.conventional}) == "ResNet-20"  # rows written before the width was recorded
 
 
 def test_evaluate_depth_rows_table_and_figure(monkeypatch, tmp_path):
@@ -94,6 +94,7 @@ def test_evaluate_depth_rows_table_and_figure(monkeypatch, tmp_path):
     assert hybrid["reference_layer"] == 2 and 0 <= hybrid["reference_localisation_mean"] <= 1
     assert "reference_layer" not in pure
     assert resnet["localisation_mean"] is None and resnet["explained_from"].startswith("nothing")
+    assert (pure["resnet_width"], hybrid["resnet_width"], resnet["resnet_width"]) == (1, 1, 1)
     for r in (pure, hybrid):
         assert r["n_grids"] == 2 and 0 <= r["localisation_mean"] <= 1 and 0 <= r["test_accuracy"] <= 1
     assert hybrid["parameters"] == sum(p.numel() for p in models[D.STUDY.hybrid_name(1)].parameters())
@@ -141,7 +142,7 @@ def _depth_rows():
                 "localisation_mean": loc, "localisation_median": loc, "n_grids": 100,
                 "reference_layer": D.REFERENCE_LAYER[d], "reference_localisation_mean": ref,
                 "reference_localisation_median": ref} for d, acc, loc, ref in ((1, 0.87, 0.50, 0.60), (3, 0.88, 0.45, 0.40))]
-    resnet = {"name": D.STUDY.conventional, "d": 3, "parameters": 270_154, "test_accuracy": 0.876,
+    resnet = {"name": D.STUDY.conventional, "d": 3, "resnet_width": 4, "parameters": 270_154, "test_accuracy": 0.876,
               "explained_from": "nothing (no CoDA layer)", "localisation_mean": None, "localisation_median": None,
               "n_grids": 0}
     return [pure, *hybrids, resnet]
