@@ -166,8 +166,9 @@ def _explained_from(model: CoDANet) -> str:
         return "nothing (no CoDA layer)"
     if not len(model.stem):
         return "the image (layer 0's input)"
-    d = model.config.resnet_stages
-    return f"layer 0's input (after ResNet-20 stage{'s 1-' if d > 1 else ' '}{d})"
+    d, width = model.config.resnet_stages, model.config.resnet_width
+    network = "ResNet-20" if width == 1 else f"ResNet-20 x {width}"
+    return f"layer 0's input (after {network} stage{'s 1-' if d > 1 else ' '}{d})"
 
 
 def read_results(path: Path = RESULTS) -> dict | None:

@@ -91,6 +91,8 @@ def test_evaluate_depth_rows_table_and_figure(monkeypatch, tmp_path):
     pure, hybrid, resnet = by_name[D.STUDY.pure], by_name[D.STUDY.hybrid_name(1)], by_name[D.STUDY.conventional]
     assert (pure["d"], hybrid["d"]) == (0, 1) and pure["explained_from"].startswith("the image")
     assert hybrid["explained_from"] == "layer 0's input (after ResNet-20 stage 1)"
+    wide = build_model("cifar10-hybrid", resnet_stages=2, resnet_width=4, rank_factor=8, temperature=1000.0)
+    assert D._explained_from(wide) == "layer 0's input (after ResNet-20 x 4 stages 1-2)"
     assert hybrid["reference_layer"] == 2 and 0 <= hybrid["reference_localisation_mean"] <= 1
     assert "reference_layer" not in pure
     assert resnet["localisation_mean"] is None and resnet["explained_from"].startswith("nothing")
