@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("--quality", type=int, default=75)
     k.add_argument("--data", help="data folder to read (default: $CODA_DATA, else data/)")
     k.add_argument("--out", default=str(PROJECT_ROOT / "data" / JPEG_PACK_DIR))
+    k.add_argument("--first", type=int, help="only the first N images of each split (a smaller pack)")
     c = sub.add_parser("jpeg-check", help="which JPEG quality the images last went through (jpeg_reencoding_error)")
     c.add_argument("--split", choices=("train", "test"), default="test")
     c.add_argument("--images", type=int, default=1000, help="the first N images of the split")
@@ -349,8 +350,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"smallest at quality {best}: these {len(ds)} images were most likely stored as JPEG at quality {best}"
               if errors[best] < 0.5 * sorted(errors.values())[1] else "no quality stands out: probably not JPEG-compressed")
         return
+    if a.first is not None and a.first < 1:
+        p.error(f"--first must be >= 1, got {a.first}")
     for split in a.splits:
-        path = pack_jpeg(load_cifar10(split, a.data, download=False), Path(a.out) / f"{split}.npz", a.quality)
+        ds = load_cifar10(split, a.data, download=False)
+        path = pack_jpeg(ds if a.first is None else ds.first(a.first), Path(a.out) / f"{split}.npz", a.quality)
         print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
 
 

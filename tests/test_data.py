@@ -386,6 +386,18 @@ def test_jpeg_pack_round_trip_and_fallback(tmp_path):
         load_cifar10("train", tmp_path, download=False)
 
 
+def test_pack_command_writes_the_first_images_of_a_split(tmp_path, capsys):
+    images = torch.full((6, 3, 32, 32), 100, dtype=torch.uint8)
+    data.pack_jpeg(ImageDataset(images, torch.arange(6) % 10, CIFAR10_CLASSES), tmp_path / "cifar10-jpeg" / "test.npz")
+    data.main(["pack", "--splits", "test", "--first", "4", "--data", str(tmp_path), "--out", str(tmp_path / "small")])
+    decoded, labels, _ = data.read_jpeg_pack(tmp_path / "small" / "test.npz")
+    assert decoded.shape == (4, 32, 32, 3) and labels.tolist() == [0, 1, 2, 3]
+    assert "small/test.npz" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        data.main(["pack", "--first", "0", "--data", str(tmp_path), "--out", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
+
+
 def test_jpeg_pack_rejects_bad_quality_and_files(tmp_path):
     ds = ImageDataset(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]), CIFAR10_CLASSES)
     with pytest.raises(ValueError, match=r"quality must be an int in \[1, 95\]"):
