@@ -33,10 +33,10 @@ come back right after (commit nothing in between)::
     python -m coda.recipes save f32-b64-cosine          # if the committed state is behind the run
     python -m coda.data pack --splits train             # 46.8 MB
     python -m coda.data pack --splits test --first 1000 # 0.9 MB
-    git ls-files -z | xargs -0 du -b | awk '$1>50000 {print $2}' > big.txt
+    git ls-files -z | xargs -0 du -b | awk '$1>50000 && $2!="data/pretrained/manifest.json" {print $2}' > big.txt
     git rm -q --cached --pathspec-from-file=big.txt && sed 's#^#/#' big.txt >> .git/info/exclude
-    # call 1: carry data/cifar10-jpeg and data/training/recipes/f32-b64-cosine (about 65 MB with
-    #         the 2 MB of code); call 2: nothing
+    # call 1: carry data/cifar10-jpeg and data/training/recipes/f32-b64-cosine (about 65.6 MB
+    #         with the 2.3 MB of code and manifest); call 2: nothing
     git reset -q -- $(cat big.txt)    # and remove those lines from .git/info/exclude again
 
 Back on the CPU, stop the CPU's run of the recipe, and if the returned state is further along
@@ -45,6 +45,9 @@ and evaluates it on the exact test images like any other row::
 
     tar xf logs.tar; cp f32-b64-cosine.compact.pt data/training/recipes/f32-b64-cosine/last.pt
     rm runs/recipes/f32-b64-cosine/last.pt    # train continues from the committed state
+
+Its first row after that describes the machine that evaluated it: add the epochs the GPU trained
+to that row's ``machine`` (as session 13 did for the f16 run), and say so in the notes.
 
 ``GPU_SESSION_DRY=1`` runs the same plumbing on the CPU with a few images (a rehearsal).
 
