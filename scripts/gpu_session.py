@@ -35,8 +35,8 @@ come back right after (commit nothing in between)::
     python -m coda.data pack --splits test --first 1000 # 0.9 MB
     git ls-files -z | xargs -0 du -b | awk '$1>50000 && $2!="data/pretrained/manifest.json" {print $2}' > big.txt
     git rm -q --cached --pathspec-from-file=big.txt && sed 's#^#/#' big.txt >> .git/info/exclude
-    # call 1: carry data/cifar10-jpeg and data/training/recipes/f32-b64-cosine (about 65.6 MB
-    #         with the 2.3 MB of code and manifest); call 2: nothing
+    # call 1: carry data/cifar10-jpeg and data/training/recipes/f32-b64-cosine (about 65.4 MB
+    #         with the 2.0 MB of code and manifest); call 2: nothing
     git reset -q -- $(cat big.txt)    # and remove those lines from .git/info/exclude again
 
 Back on the CPU, stop the CPU's run of the recipe, and if the returned state is further along
