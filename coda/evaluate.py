@@ -36,6 +36,7 @@ from coda import cli
 from coda.checkpoint import load_checkpoint, load_data, save_data, write_json, write_text
 from coda.data import PROJECT_ROOT, load_cifar10
 from coda.explainers import EXPLAINERS, Explainer, get_explainer, implementation
+from coda.hardware import cpu_info
 from coda.inference import predict
 from coda.metrics import (  # noqa: F401 (the metrics, importable from here as before)
     ORDERS,
@@ -129,9 +130,9 @@ def timing_table(tasks: list[dict]) -> str:
         n = r.n_attributions
         rows.append([r.method, r.label, t["settings"]["task"], t["image_size"], n, r.seconds,
                      r.seconds / n if n else math.nan, r.cpu_seconds / n if n else math.nan, t["device"],
-                     t["threads"], _implementation(t)])
+                     t["threads"], _implementation(t), t.get("cpu", "")])
     return _csv(["method", "label", "task", "image_size", "n_attributions", "seconds", "seconds_per_attribution",
-                 "cpu_seconds_per_attribution", "device", "threads", "implementation"], rows)
+                 "cpu_seconds_per_attribution", "device", "threads", "implementation", "cpu"], rows)
 
 
 def _implementation(task: dict) -> str:
@@ -316,7 +317,7 @@ def run(model: CoDANet, info: dict, methods: list[str], out: Path, command: str,
     print(f"{info['name']}: accuracy {accuracy:.4f} on {len(pool)} test images; {len(grids)} grids; "
           f"{len(removal_set)} removal images; methods {methods}", flush=True)
     context = {"command": command, "device": str(device), "threads": torch.get_num_threads(),
-               "versions": versions(), "model": info, "test_accuracy": {"accuracy": accuracy, "n": len(pool)}}
+               "cpu": cpu_info().describe(), "versions": versions(), "model": info, "test_accuracy": {"accuracy": accuracy, "n": len(pool)}}
     todo = [(m, t) for m in methods for t in (["localisation"] if "localisation" in tasks else [])
             + ([f"removal-{o}" for o in orders] if "removal" in tasks else [])]
     for name, task in todo:
@@ -575,7 +576,8 @@ def markdown_table(folder: str | os.PathLike) -> str:
     curve), its number of images, the CoDA mean on the same images, the published value; the
     CPU seconds per attribution of one class on a 96x96 grid and their ratio to the CoDA
     contributions (compare with care where the thread counts differ; a method that ran on a GPU
-    gets the device's name instead). Followed by which
+    gets the device's name instead; a ratio of two times whose records do not name the same CPU
+    is starred, with a footnote: older records name none). Followed by which
     methods beat the CoDA contributions on the same data. ``ValueError`` if ``folder`` holds
     no results.
     """
@@ -605,10 +607,18 @@ def markdown_table(folder: str | os.PathLike) -> str:
         t = timing.get(m)
         return float(t["cpu_seconds_per_attribution"]) if t is not None and t.get("device", "cpu") == "cpu" else None
 
+    def same_cpu(m: str) -> bool:  # both records name their CPU, and it is the same one
+        named = timing[m].get("cpu") or None, timing["coda"].get("cpu") or None
+        return named[0] is not None and named[0] == named[1]
+
+    starred = False
     for m in methods:
         loc_m, r, t = loc.get(m), rem.get(m), timing.get(m)
         cpu, ours_cpu = cpu_seconds(m), cpu_seconds("coda")
         ratio = f"{cpu / ours_cpu:.1f}" if cpu and ours_cpu else "-"
+        if cpu and ours_cpu and m != "coda" and not same_cpu(m):
+            ratio += " *"
+            starred = True
         time_cell = "-" if t is None else f"{cpu:.3g} ({t['threads']})" if cpu is not None else f"- (ran on {t['device']})"
         lines.append("| " + " | ".join([
             f"{labels[m]} (`{m}`)",
@@ -632,6 +642,9 @@ def markdown_table(folder: str | os.PathLike) -> str:
         return (", ".join(better) if better else "none") + (
             f" (not paired with Ours: {', '.join(unpaired)})" if unpaired else "")
 
+    if starred:
+        lines += ["", "\\* The two times' records do not name the same CPU (records before 2026-12-04 name none): "
+                  "the ratio may compare two machines."]
     lines += ["", f"Better than Ours on the same grids (localisation): {beaten_by(loc, ours_loc)}.",
               f"Better than Ours on the same images (pixel removal): {beaten_by(rem, ours_rem)}."]
     occlusion_by = {r.get("implementation") or "captum" for m, r in timing.items() if m in ("occ5", "occ9")}
@@ -663,7 +676,7 @@ def _record(tasks: list[dict]) -> dict:
                        "end": _number(r.curve[-1].item()) if len(r.curve) else None, "n_images": r.n_attributions}
         record["results"][f"{s['method']}/{s['task']}"] = {
             "command": t["command"], "settings": s, "summary": summary, "device": t["device"],
-            "threads": t["threads"], "versions": t["versions"], "seconds": _number(r.seconds),
+            "threads": t["threads"], "cpu": t.get("cpu"), "versions": t["versions"], "seconds": _number(r.seconds),
             "implementation": _implementation(t)}
     return record
 

@@ -33,6 +33,7 @@ from coda.evaluate import (
     write_tables,
 )
 from coda.explainers import EXPLAINERS, explain
+from coda.hardware import cpu_info
 from coda.metrics import (
     Grids,
     cell_sums,
@@ -400,16 +401,27 @@ def test_command_line_resumes_and_mixes_sizes(colour_world, capsys):
             assert bare_cells[:5] == cells[:5]  # localisation and Ours on the same grids
             assert bare_cells[7] == "-" or "`coda`" in row or cells[7] == "-"  # removal: no per-image record
     assert "not paired with Ours: Grad" in markdown_table(bare)
-    # A method timed on a GPU has no CPU seconds to compare: the device is named instead.
+    # Every timing names the CPU it ran on; a ratio to Ours is starred unless both name the same one.
     timing_rows = read_csv(out / "timing.csv")
-    for row in timing_rows:
-        if row["method"] == "grad":
-            row["device"] = "cuda"
-    with open(out / "timing.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(timing_rows[0]))
-        writer.writeheader()
-        writer.writerows(timing_rows)
-    grad_row = next(r for r in markdown_table(out).splitlines() if "`grad`" in r).split(" | ")
+    assert {r["cpu"] for r in timing_rows} == {cpu_info().describe()}
+    grad_line = next(r for r in markdown_table(out).splitlines() if "`grad`" in r)
+    assert not grad_line.endswith("* |") and "may compare two machines" not in markdown_table(out)
+
+    def rewrite_timing(field: str, value: str) -> list[str]:
+        for row in timing_rows:
+            if row["method"] == "grad":
+                row[field] = value
+        with open(out / "timing.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(timing_rows[0]))
+            writer.writeheader()
+            writer.writerows(timing_rows)
+        return next(r for r in markdown_table(out).splitlines() if "`grad`" in r).split(" | ")
+
+    for other in ("Another CPU (AVX2, no native bf16)", ""):  # another CPU, or a record naming none
+        grad_row = rewrite_timing("cpu", other)
+        assert grad_row[10].endswith(" * |") and "may compare two machines" in markdown_table(out)
+    # A method timed on a GPU has no CPU seconds to compare: the device is named instead.
+    grad_row = rewrite_timing("device", "cuda")
     assert grad_row[9:] == ["- (ran on cuda)", "- |"]
 
 
