@@ -53,6 +53,8 @@ RUNS_DIR = PROJECT_ROOT / "runs" / "recipes"
 STATE_DIR = PROJECT_ROOT / "data" / "training" / "recipes"  # committed compact states (save)
 RESULTS_DIR = PROJECT_ROOT / "results" / "recipes"
 SWEEP_RESULTS = PROJECT_ROOT / "results" / "sweeps" / "sweeps.json"
+EVALUATIONS_DIR = PROJECT_ROOT / "results"  # coda.evaluate's folders of shipped models
+SHIPPED = {"f16-b64-cosine": "cifar10-9L-S-f16-T1000"}  # finished runs and the model each became
 N_GRIDS = 100
 TEST_SUBSET = 2000  # the trainer's per-epoch accuracy; the evaluation rows use all 10,000 images
 
@@ -338,6 +340,30 @@ def full_protocol_rows(name: str, results_dir: Path = RESULTS_DIR, n_train: int 
     return sorted(rows, key=lambda r: r["cpu_hours"])
 
 
+def shipped_full_protocol(name: str, results_dir: Path = RESULTS_DIR,
+                          evaluations_dir: Path = EVALUATIONS_DIR) -> dict | None:
+    """The shipped model a finished run became (:data:`SHIPPED`), on the full protocol.
+
+    Its weights average the run's last four epochs, so it stands at the run's last evaluated
+    row (its ``cpu_hours`` and ``epochs_done``); its localisation is the CoDA row of
+    ``evaluations_dir/<model>/results.json`` (``python -m coda.evaluate --model <model>``).
+    None where the run shipped nothing or that evaluation is missing.
+    """
+    model = SHIPPED.get(name)
+    if model is None:
+        return None
+    rows, path = read_rows(name, results_dir), Path(evaluations_dir) / model / "results.json"
+    if not rows or not path.exists():
+        return None
+    localisation = json.loads(path.read_text()).get("results", {}).get("coda/localisation")
+    if localisation is None:
+        return None
+    last, summary = max(rows, key=lambda r: r["images"]), localisation["summary"]
+    return {"model": model, "cpu_hours": last["cpu_hours"], "epochs_done": last.get("epochs_done", 0.0),
+            "localisation_mean": summary["mean"], "localisation_median": summary["median"],
+            "n_grids": summary["n_grids"]}
+
+
 def prefix_localisation(folder: str | Path, ns: Sequence[int] = PREFIX_GRIDS, method: str = "coda") -> list[dict]:
     """Mean and median localisation over the first ``n`` grids, for each ``n`` in ``ns``.
 
@@ -371,7 +397,8 @@ def prefix_localisation(folder: str | Path, ns: Sequence[int] = PREFIX_GRIDS, me
 
 def plot_recipe_study(rows_by_recipe: Mapping[str, Sequence[Mapping]], target_localisation: float | None = 0.85,
                       target_accuracy: float | None = 0.90, published_localisation: float | None = 0.912,
-                      full_protocol: Mapping[str, Sequence[Mapping]] | None = None):
+                      full_protocol: Mapping[str, Sequence[Mapping]] | None = None,
+                      shipped: Mapping[str, Mapping | None] | None = None):
     """Localisation and test accuracy per recipe, against training CPU-hours (top row) and
     against the epochs trained beyond the start (bottom row).
 
@@ -389,6 +416,8 @@ def plot_recipe_study(rows_by_recipe: Mapping[str, Sequence[Mapping]], target_lo
     full_protocol : ``{recipe name: rows}`` as :func:`full_protocol_rows` returns them: the same
         runs evaluated on all 500 grids, drawn as open squares in the recipe's colour (the
         study's rows use the first, most confident 100, which score higher).
+    shipped : ``{recipe name: point}`` as :func:`shipped_full_protocol` returns them: the model
+        a finished run became, on the full protocol, drawn as a star in the recipe's colour.
 
     Returns
     -------
@@ -416,6 +445,11 @@ def plot_recipe_study(rows_by_recipe: Mapping[str, Sequence[Mapping]], target_lo
             if full:
                 ax_loc.plot([r[x_key] for r in full], [r["localisation_mean"] for r in full], color=colour, ls="--",
                             marker="s", mfc="white", label=f"{name} (all {full[-1]['n_grids']} grids)")
+            end = (shipped or {}).get(name)
+            if end is not None:
+                ax_loc.plot([end[x_key]], [end["localisation_mean"]], color=colour, ls="none", marker="*", ms=13,
+                            mec="black", mew=0.6, label=f"shipped as {end['model']}: its last 4 epochs averaged "
+                                                       f"(all {end['n_grids']} grids)")
         if target_localisation is not None:
             ax_loc.axhline(target_localisation, color="0.4", ls="--", lw=1,
                            label=f"target {target_localisation:g} (500 grids)")  # the issue's target is on the full protocol
@@ -488,7 +522,8 @@ def main(argv: list[str] | None = None) -> None:
 
         plotting.use_style()  # the workbook's style, as the notebooks use it
         fig = plot_recipe_study({name: read_rows(name) for name in RECIPES},
-                                full_protocol={name: full_protocol_rows(name) for name in RECIPES})
+                                full_protocol={name: full_protocol_rows(name) for name in RECIPES},
+                                shipped={name: shipped_full_protocol(name) for name in RECIPES})
         plotting.save_figure(fig, "recipes", a.out)
 
 

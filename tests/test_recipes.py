@@ -103,7 +103,7 @@ def test_malformed_results_file_names_the_file(tmp_path):
         R.read_rows("tiny", tmp_path)
 
 
-def test_table_and_figure(tiny):
+def test_table_and_figure(tiny, tmp_path, monkeypatch):
     R.train_recipe("tiny", cpu_hours=1e-9, eval_every=1e-9, chunk_steps=2, n_grids=2, **tiny)
     table = R.markdown_table(tiny["results_dir"])
     assert "| tiny | 0.33 | 0.00 |" in table and table.endswith("| - | 0 |")  # 16 of 48 images; no grid
@@ -120,6 +120,22 @@ def test_table_and_figure(tiny):
     assert not [line for line in ax_loc.get_lines() if line.get_label() == "empty"]
     torch.testing.assert_close(torch.tensor(ax_acc.get_lines()[0].get_ydata()[0]),
                                torch.tensor(100 * rows[0]["test_accuracy"]), check_dtype=False)
+    # A finished run's shipped model on the full protocol: a star at the run's last row.
+    evaluations = tmp_path / "evaluations"
+    assert R.shipped_full_protocol("tiny", tiny["results_dir"], evaluations) is None  # the run shipped nothing
+    monkeypatch.setitem(R.SHIPPED, "tiny", "tiny-model")
+    assert R.shipped_full_protocol("tiny", tiny["results_dir"], evaluations) is None  # not evaluated
+    (evaluations / "tiny-model").mkdir(parents=True)
+    summary = {"mean": 0.7, "median": 0.71, "n": 45, "n_grids": 5}
+    (evaluations / "tiny-model" / "results.json").write_text(
+        json.dumps({"results": {"coda/localisation": {"summary": summary}}}))
+    end = R.shipped_full_protocol("tiny", tiny["results_dir"], evaluations)
+    last = max(R.read_rows("tiny", tiny["results_dir"]), key=lambda r: r["images"])
+    assert end == {"model": "tiny-model", "cpu_hours": last["cpu_hours"], "epochs_done": last["epochs_done"],
+                   "localisation_mean": 0.7, "localisation_median": 0.71, "n_grids": 5}
+    fig = R.plot_recipe_study({"tiny": rows}, shipped={"tiny": end, "empty": None})
+    stars = [line for line in fig.axes[0].get_lines() if line.get_marker() == "*"]
+    assert len(stars) == 1 and list(stars[0].get_ydata()) == [0.7] and "tiny-model" in stars[0].get_label()
 
 
 def test_save_writes_a_compact_state_that_a_fresh_machine_continues(tiny, tmp_path):
