@@ -566,6 +566,16 @@ def paired_difference(scores: np.ndarray, ours: np.ndarray, n_boot: int = 10_000
             "lower": int((d < 0).sum()), "n": len(d)}
 
 
+CPU_FOOTNOTE = ("The two times' records do not name the same CPU (records before 2026-12-04 name none): "
+                "the ratio may compare two machines")
+
+
+def timed_on_the_same_cpu(row: dict, other: dict) -> bool:
+    """Whether two timing rows (``timing.csv``) both name their CPU, and it is the same one."""
+    named = row.get("cpu") or None
+    return named is not None and named == (other.get("cpu") or None)
+
+
 def markdown_table(folder: str | os.PathLike) -> str:
     """The README's results table of one model's folder, next to the published numbers.
 
@@ -607,16 +617,12 @@ def markdown_table(folder: str | os.PathLike) -> str:
         t = timing.get(m)
         return float(t["cpu_seconds_per_attribution"]) if t is not None and t.get("device", "cpu") == "cpu" else None
 
-    def same_cpu(m: str) -> bool:  # both records name their CPU, and it is the same one
-        named = timing[m].get("cpu") or None, timing["coda"].get("cpu") or None
-        return named[0] is not None and named[0] == named[1]
-
     starred = False
     for m in methods:
         loc_m, r, t = loc.get(m), rem.get(m), timing.get(m)
         cpu, ours_cpu = cpu_seconds(m), cpu_seconds("coda")
         ratio = f"{cpu / ours_cpu:.1f}" if cpu and ours_cpu else "-"
-        if cpu and ours_cpu and m != "coda" and not same_cpu(m):
+        if cpu and ours_cpu and m != "coda" and not timed_on_the_same_cpu(timing[m], timing["coda"]):
             ratio += " *"
             starred = True
         time_cell = "-" if t is None else f"{cpu:.3g} ({t['threads']})" if cpu is not None else f"- (ran on {t['device']})"
@@ -643,8 +649,7 @@ def markdown_table(folder: str | os.PathLike) -> str:
             f" (not paired with Ours: {', '.join(unpaired)})" if unpaired else "")
 
     if starred:
-        lines += ["", "\\* The two times' records do not name the same CPU (records before 2026-12-04 name none): "
-                  "the ratio may compare two machines."]
+        lines += ["", f"\\* {CPU_FOOTNOTE}."]
     lines += ["", f"Better than Ours on the same grids (localisation): {beaten_by(loc, ours_loc)}.",
               f"Better than Ours on the same images (pixel removal): {beaten_by(rem, ours_rem)}."]
     occlusion_by = {r.get("implementation") or "captum" for m, r in timing.items() if m in ("occ5", "occ9")}
