@@ -15,6 +15,7 @@ CPU-hours of training have passed; the rows go to ``results/recipes/<name>.json`
     OMP_NUM_THREADS=1 nohup python -m coda.recipes train f32-b16-paper --cpu-hours 1 > f32.log 2>&1 &
     python -m coda.recipes status          # CPU-hours, epochs, last accuracy and localisation
     python -m coda.recipes table           # the markdown table of every evaluated row
+    python -m coda.recipes compare f32-b64-cosine f16-b64-cosine   # two runs at equal epochs
     python -m coda.recipes figure          # figures/recipes.png: localisation against CPU-hours
     python -m coda.recipes prefixes results/NAME   # localisation over the first 10, 50, ... 500 grids
     python -m coda.recipes average --out avg.pt a.pt b.pt ...   # weight averaging of one run's states
@@ -39,6 +40,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from coda import cli
@@ -287,6 +289,45 @@ def markdown_table(results_dir: Path = RESULTS_DIR) -> str:
     return "\n".join(lines)
 
 
+def at_equal_epochs(rows: Sequence[Mapping], reference: Sequence[Mapping]) -> list[dict]:
+    """Each evaluated row of one run beside another run at the same ``epochs_done``.
+
+    The reference's accuracy and localisation are read linearly between its two rows that
+    bracket the epoch (its nearest end outside its range). Returns one dict per row of
+    ``rows`` with a localisation: ``epochs_done``, ``cpu_hours``, ``test_accuracy``,
+    ``localisation_mean``, the reference's ``reference_accuracy`` and
+    ``reference_localisation``, and the differences ``accuracy_lead`` and ``localisation_lead``.
+    """
+    ref = sorted((r for r in reference if r["localisation_mean"] is not None), key=lambda r: r.get("epochs_done", 0.0))
+    if len(ref) < 2:
+        raise ValueError(f"the reference run needs at least 2 rows with a localisation, got {len(ref)}")
+    epochs = [r.get("epochs_done", 0.0) for r in ref]
+    out = []
+    for r in rows:
+        if r["localisation_mean"] is None:
+            continue
+        x = r.get("epochs_done", 0.0)
+        ref_acc = float(np.interp(x, epochs, [q["test_accuracy"] for q in ref]))
+        ref_loc = float(np.interp(x, epochs, [q["localisation_mean"] for q in ref]))
+        out.append({"epochs_done": x, "cpu_hours": r["cpu_hours"], "test_accuracy": r["test_accuracy"],
+                    "localisation_mean": r["localisation_mean"], "reference_accuracy": ref_acc,
+                    "reference_localisation": ref_loc, "accuracy_lead": r["test_accuracy"] - ref_acc,
+                    "localisation_lead": r["localisation_mean"] - ref_loc})
+    return out
+
+
+def comparison_table(name: str, reference: str, results_dir: Path = RESULTS_DIR) -> str:
+    """``at_equal_epochs`` of two recipes' rows as a markdown table."""
+    lines = [f"| epochs beyond the start | CPU-hours | {name} | {reference} at equal epochs | lead |",
+             "|---:|---:|---:|---:|---:|"]
+    for c in at_equal_epochs(read_rows(name, results_dir), read_rows(reference, results_dir)):
+        lines.append(f"| {c['epochs_done']:.2f} | {c['cpu_hours']:.2f} | "
+                     f"{100 * c['test_accuracy']:.2f}%, {c['localisation_mean']:.3f} | "
+                     f"{100 * c['reference_accuracy']:.2f}%, {c['reference_localisation']:.3f} | "
+                     f"{100 * c['accuracy_lead']:+.1f} points, {c['localisation_lead']:+.3f} |")
+    return "\n".join(lines)
+
+
 def status(runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR) -> list[dict]:
     """Per recipe: CPU-hours and epochs trained (from its checkpoint) and its last evaluated row."""
     out = []
@@ -483,6 +524,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("name", choices=sorted(RECIPES))
     sub.add_parser("status", help="CPU-hours, epochs and the last evaluation of every recipe")
     sub.add_parser("table", help="the markdown table of every evaluated row")
+    q = sub.add_parser("compare", help="one recipe's rows beside another's at equal epochs (linear between its rows)")
+    q.add_argument("name", choices=sorted(RECIPES))
+    q.add_argument("reference", choices=sorted(RECIPES))
     g = sub.add_parser("prefixes", help="localisation over the first n grids of a coda.evaluate run")
     g.add_argument("folder", help="an output folder of `python -m coda.evaluate`")
     g.add_argument("--method", default="coda")
@@ -512,6 +556,8 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(s))
     elif a.command == "table":
         print(markdown_table())
+    elif a.command == "compare":
+        print(comparison_table(a.name, a.reference))
     elif a.command == "prefixes":
         rows = prefix_localisation(a.folder, method=a.method)
         print("| first n grids | " + " | ".join(str(r["n"]) for r in rows) + " |")

@@ -300,3 +300,30 @@ def test_score_and_average_from_the_command_line(tiny, tmp_path, capsys):
     row = R.score_checkpoint(tmp_path / "avg.pt", n_grids=2, test=tiny["test_data"])
     assert row["averaged_from"] is not None and len(row["averaged_from"]) == 2 and row["n_test"] == 40
     assert 0 <= row["test_accuracy"] <= 1 and row["cpu_hours"] >= 0
+
+
+def _row(epochs, accuracy, localisation):
+    return {"epochs_done": epochs, "cpu_hours": epochs / 2, "test_accuracy": accuracy, "localisation_mean": localisation}
+
+
+def test_at_equal_epochs_reads_the_reference_linearly_between_its_rows():
+    reference = [_row(4.0, 0.84, 0.70), _row(0.0, 0.80, 0.60), _row(2.0, 0.82, 0.62), _row(3.0, 0.90, None)]
+    rows = [_row(1.0, 0.85, 0.65), _row(3.0, 0.83, 0.66), _row(6.0, 0.86, 0.72), _row(5.0, 0.90, None)]
+    out = R.at_equal_epochs(rows, reference)
+    assert [c["epochs_done"] for c in out] == [1.0, 3.0, 6.0]  # rows without a localisation are left out
+    # by hand: at 1 epoch halfway between (0, 0.60) and (2, 0.62); at 3 halfway between (2, 0.62) and (4, 0.70),
+    # the reference's row without a localisation ignored; past its last row, its last value
+    assert [c["reference_localisation"] for c in out] == pytest.approx([0.61, 0.66, 0.70])
+    assert [c["reference_accuracy"] for c in out] == pytest.approx([0.81, 0.83, 0.84])
+    assert [c["localisation_lead"] for c in out] == pytest.approx([0.04, 0.0, 0.02])
+    assert [c["accuracy_lead"] for c in out] == pytest.approx([0.04, 0.0, 0.02])
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        R.at_equal_epochs(rows, reference[:1])
+
+
+def test_compare_prints_the_committed_long_runs_side_by_side(capsys):
+    R.main(["compare", "f32-b64-cosine", "f16-b64-cosine"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [r for r in R.read_rows("f32-b64-cosine") if r["localisation_mean"] is not None]
+    assert len(lines) == 2 + len(rows) and "f16-b64-cosine at equal epochs" in lines[0]
+    assert lines[2].startswith("| 0.00 | 0.00 | 81.37%, 0.755 | 80.02%, 0.688 |")  # both runs' starting rows
