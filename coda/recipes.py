@@ -15,7 +15,7 @@ CPU-hours of training have passed; the rows go to ``results/recipes/<name>.json`
     OMP_NUM_THREADS=1 nohup python -m coda.recipes train f32-b16-paper --cpu-hours 1 > f32.log 2>&1 &
     python -m coda.recipes status          # CPU-hours, epochs, last accuracy and localisation
     python -m coda.recipes table           # the markdown table of every evaluated row
-    python -m coda.recipes compare f32-b64-cosine f16-b64-cosine   # two runs at equal epochs
+    python -m coda.recipes compare f32-b64-cosine f16-b64-cosine   # two runs at equal epochs (and on all 500 grids)
     python -m coda.recipes figure          # figures/recipes.png: localisation against CPU-hours
     python -m coda.recipes prefixes results/NAME   # localisation over the first 10, 50, ... 500 grids
     python -m coda.recipes average --out avg.pt a.pt b.pt ...   # weight averaging of one run's states
@@ -289,7 +289,7 @@ def markdown_table(results_dir: Path = RESULTS_DIR) -> str:
     return "\n".join(lines)
 
 
-def at_equal_epochs(rows: Sequence[Mapping], reference: Sequence[Mapping]) -> list[dict]:
+def at_equal_epochs(rows: Sequence[Mapping], reference: Sequence[Mapping], accuracy: bool = True) -> list[dict]:
     """Each evaluated row of one run beside another run at the same ``epochs_done``.
 
     The reference's accuracy and localisation are read linearly between its two rows that
@@ -297,6 +297,8 @@ def at_equal_epochs(rows: Sequence[Mapping], reference: Sequence[Mapping]) -> li
     ``rows`` with a localisation: ``epochs_done``, ``cpu_hours``, ``test_accuracy``,
     ``localisation_mean``, the reference's ``reference_accuracy`` and
     ``reference_localisation``, and the differences ``accuracy_lead`` and ``localisation_lead``.
+    With ``accuracy=False`` (rows that have none, like :func:`full_protocol_rows`) the three
+    accuracy keys are left out.
     """
     ref = sorted((r for r in reference if r["localisation_mean"] is not None), key=lambda r: r.get("epochs_done", 0.0))
     if len(ref) < 2:
@@ -307,17 +309,21 @@ def at_equal_epochs(rows: Sequence[Mapping], reference: Sequence[Mapping]) -> li
         if r["localisation_mean"] is None:
             continue
         x = r.get("epochs_done", 0.0)
-        ref_acc = float(np.interp(x, epochs, [q["test_accuracy"] for q in ref]))
         ref_loc = float(np.interp(x, epochs, [q["localisation_mean"] for q in ref]))
-        out.append({"epochs_done": x, "cpu_hours": r["cpu_hours"], "test_accuracy": r["test_accuracy"],
-                    "localisation_mean": r["localisation_mean"], "reference_accuracy": ref_acc,
-                    "reference_localisation": ref_loc, "accuracy_lead": r["test_accuracy"] - ref_acc,
-                    "localisation_lead": r["localisation_mean"] - ref_loc})
+        c = {"epochs_done": x, "cpu_hours": r["cpu_hours"], "localisation_mean": r["localisation_mean"],
+             "reference_localisation": ref_loc, "localisation_lead": r["localisation_mean"] - ref_loc}
+        if accuracy:
+            ref_acc = float(np.interp(x, epochs, [q["test_accuracy"] for q in ref]))
+            c.update(test_accuracy=r["test_accuracy"], reference_accuracy=ref_acc,
+                     accuracy_lead=r["test_accuracy"] - ref_acc)
+        out.append(c)
     return out
 
 
 def comparison_table(name: str, reference: str, results_dir: Path = RESULTS_DIR) -> str:
-    """``at_equal_epochs`` of two recipes' rows as a markdown table."""
+    """``at_equal_epochs`` of two recipes' rows as a markdown table; below it a second table for
+    their checkpoints on the full protocol (:func:`full_protocol_rows`), where the first recipe
+    has any and the reference at least two."""
     lines = [f"| epochs beyond the start | CPU-hours | {name} | {reference} at equal epochs | lead |",
              "|---:|---:|---:|---:|---:|"]
     for c in at_equal_epochs(read_rows(name, results_dir), read_rows(reference, results_dir)):
@@ -325,6 +331,15 @@ def comparison_table(name: str, reference: str, results_dir: Path = RESULTS_DIR)
                      f"{100 * c['test_accuracy']:.2f}%, {c['localisation_mean']:.3f} | "
                      f"{100 * c['reference_accuracy']:.2f}%, {c['reference_localisation']:.3f} | "
                      f"{100 * c['accuracy_lead']:+.1f} points, {c['localisation_lead']:+.3f} |")
+    full = [r for r in full_protocol_rows(name, results_dir) if r["localisation_mean"] is not None]
+    reference_full = full_protocol_rows(reference, results_dir)
+    if full and len(reference_full) >= 2:
+        lines += ["", f"| epochs beyond the start | CPU-hours | {name}, all grids | {reference} at equal epochs "
+                      f"(linear between its {len(reference_full)} such checkpoints) | lead |",
+                  "|---:|---:|---:|---:|---:|"]
+        for c, r in zip(at_equal_epochs(full, reference_full, accuracy=False), full, strict=True):
+            lines.append(f"| {c['epochs_done']:.2f} | {c['cpu_hours']:.2f} | {c['localisation_mean']:.3f} "
+                         f"({r['n_grids']} grids) | {c['reference_localisation']:.3f} | {c['localisation_lead']:+.3f} |")
     return "\n".join(lines)
 
 
@@ -524,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("name", choices=sorted(RECIPES))
     sub.add_parser("status", help="CPU-hours, epochs and the last evaluation of every recipe")
     sub.add_parser("table", help="the markdown table of every evaluated row")
-    q = sub.add_parser("compare", help="one recipe's rows beside another's at equal epochs (linear between its rows)")
+    q = sub.add_parser("compare", help="one recipe's rows beside another's at equal epochs (linear between its rows), then their 500-grid evaluations")
     q.add_argument("name", choices=sorted(RECIPES))
     q.add_argument("reference", choices=sorted(RECIPES))
     g = sub.add_parser("prefixes", help="localisation over the first n grids of a coda.evaluate run")

@@ -323,7 +323,23 @@ def test_at_equal_epochs_reads_the_reference_linearly_between_its_rows():
 
 def test_compare_prints_the_committed_long_runs_side_by_side(capsys):
     R.main(["compare", "f32-b64-cosine", "f16-b64-cosine"])
-    lines = capsys.readouterr().out.strip().splitlines()
+    study, full = capsys.readouterr().out.strip().split("\n\n")
+    lines = study.splitlines()
     rows = [r for r in R.read_rows("f32-b64-cosine") if r["localisation_mean"] is not None]
     assert len(lines) == 2 + len(rows) and "f16-b64-cosine at equal epochs" in lines[0]
     assert lines[2].startswith("| 0.00 | 0.00 | 81.37%, 0.755 | 80.02%, 0.688 |")  # both runs' starting rows
+    # the second table: the committed 500-grid evaluations, the f32 run's first (26.25 epochs) against the
+    # f16 run's two that bracket it, read by hand from their folders (22.10 epochs 0.714, 31.86 epochs 0.748)
+    lines = full.splitlines()
+    assert "all grids" in lines[0] and len(lines) == 2 + len(R.full_protocol_rows("f32-b64-cosine"))
+    by_hand = 0.71376 + (26.248 - 22.102) / (31.855 - 22.102) * (0.74809 - 0.71376)
+    assert lines[2] == f"| 26.25 | 18.19 | 0.770 (500 grids) | {by_hand:.3f} | {0.76977 - by_hand:+.3f} |"
+
+
+def test_at_equal_epochs_without_accuracy_compares_localisation_only():
+    reference = [{"epochs_done": 0.0, "cpu_hours": 0.0, "localisation_mean": 0.6},
+                 {"epochs_done": 4.0, "cpu_hours": 2.0, "localisation_mean": 0.7}]
+    (c,) = R.at_equal_epochs([{"epochs_done": 1.0, "cpu_hours": 0.5, "localisation_mean": 0.65}], reference,
+                             accuracy=False)
+    assert c["reference_localisation"] == pytest.approx(0.625) and c["localisation_lead"] == pytest.approx(0.025)
+    assert not {"test_accuracy", "reference_accuracy", "accuracy_lead"} & set(c)
