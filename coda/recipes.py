@@ -22,7 +22,9 @@ CPU-hours of training have passed; the rows go to ``results/recipes/<name>.json`
     python -m coda.recipes score avg.pt    # any checkpoint's accuracy and localisation, as a row
 
 Rerunning ``train`` with a larger ``--cpu-hours`` continues the same run (that is how the
-chosen recipe becomes the long run). A run outlives its machine only through git:
+chosen recipe becomes the long run). Its chunks end at epoch boundaries, and the compact states
+after each of the run's last four epochs stay in ``runs/recipes/<name>/epoch-<e>.pt``: the
+weight average that the run's end is checked against (``average`` on those four files). A run outlives its machine only through git:
 ``python -m coda.recipes save NAME`` writes its state as a compact checkpoint (float16 weights,
 no optimiser state; :func:`coda.train.compact_checkpoint`) to
 ``data/training/recipes/<name>/last.pt``, to be committed, and ``train`` on a machine without
@@ -202,13 +204,41 @@ def _images_seen(cfg: TrainConfig, ckpt: dict, n_train: int) -> int:
 # ----- training ----------------------------------------------------------------------------
 
 
+AVERAGED_EPOCHS = 4  # the run's end is checked against the weight average of its last four epochs
+
+
+def end_epochs(recipe: Recipe) -> tuple[int, ...]:
+    """The epochs after which a run of ``recipe`` keeps its state for the end's weight average:
+    its last :data:`AVERAGED_EPOCHS` (epoch ``e`` = the state after ``e`` epochs)."""
+    last = recipe.config.epochs
+    return tuple(range(max(1, last - AVERAGED_EPOCHS + 1), last + 1))
+
+
+def keep_epoch_state(ckpt_path: Path, ckpt: Mapping, keep: Sequence[int]) -> Path | None:
+    """Keep the trainer checkpoint ``ckpt`` (loaded from ``ckpt_path``) as the compact state
+    ``epoch-<e>.pt`` beside it if it stands at the end of an epoch ``e`` in ``keep`` (step 0 of
+    the next) and none is kept yet. Returns the path written, or ``None``."""
+    kept = Path(ckpt_path).parent / f"epoch-{ckpt['epoch']}.pt"
+    if ckpt["step"] != 0 or ckpt["epoch"] not in keep or kept.exists():
+        return None
+    return compact_checkpoint(ckpt_path, kept)
+
+
+def chunk_to_epoch_end(ckpt: Mapping | None, chunk_steps: int, steps_per_epoch: int) -> int:
+    """The steps of the next chunk: ``chunk_steps``, cut short where the epoch ends first."""
+    step = 0 if ckpt is None else ckpt["step"]
+    return min(chunk_steps, steps_per_epoch - step)
+
+
 def train_recipe(name: str, cpu_hours: float, eval_every: float = 0.5, chunk_steps: int = 200,
                  runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR, data_root=None,
                  train_data: ImageDataset | None = None, test_data: ImageDataset | None = None,
                  n_grids: int = N_GRIDS, state_dir: Path = STATE_DIR) -> list[dict]:
     """Train recipe ``name`` until its run has spent ``cpu_hours`` of training CPU time.
 
-    Trains in chunks of ``chunk_steps`` optimiser steps (each ends with a checkpoint); a
+    Trains in chunks of ``chunk_steps`` optimiser steps, cut short at the end of an epoch
+    (each ends with a checkpoint; the states after the run's last epochs are kept,
+    :func:`end_epochs`, :func:`keep_epoch_state`); a
     checkpoint past another multiple of ``eval_every`` CPU-hours than the last evaluated row,
     and the last one of the run or the budget, is evaluated (:func:`record_checkpoint`; its
     CPU time is not counted as training), also when that is found at a restart. Resumable:
@@ -231,8 +261,11 @@ def train_recipe(name: str, cpu_hours: float, eval_every: float = 0.5, chunk_ste
         print(f"{name}: continuing from {saved} (a compact state: fresh optimiser, learning rate re-warmed)",
               flush=True)
     trained = False  # whether this call has trained a chunk yet
+    steps_per_epoch = len(train_data) // recipe.config.batch_size
     while True:
         ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+        if ckpt is not None:
+            keep_epoch_state(ckpt_path, ckpt, end_epochs(recipe))
         spent = ckpt.get("cpu_time", 0.0) / 3600 if ckpt is not None else 0.0
         finished = ckpt is not None and ckpt["epoch"] >= recipe.config.epochs
         if ckpt is not None:
@@ -245,8 +278,9 @@ def train_recipe(name: str, cpu_hours: float, eval_every: float = 0.5, chunk_ste
                 print(f"{name}: {spent:.3f} CPU-hours, epoch {ckpt['epoch']} step {ckpt['step']}", flush=True)
         if finished or spent >= cpu_hours:
             break
+        steps = chunk_to_epoch_end(ckpt, chunk_steps, steps_per_epoch)
         train(recipe.config, out, train_data=train_data, test_data=test_data,
-              stop_after_steps=chunk_steps, save_every=chunk_steps, progress=False)
+              stop_after_steps=steps, save_every=chunk_steps, progress=False)
         trained = True
     return read_rows(name, results_dir)
 

@@ -104,14 +104,6 @@ def committed_state() -> Path:
     return STATE_DIR / LONG_RUN / "last.pt"
 
 
-def keep_epochs() -> tuple[int, ...]:
-    """The epochs whose states the weight average of the run's end needs: its last four."""
-    from coda.recipes import get_recipe
-
-    last = get_recipe(LONG_RUN).config.epochs
-    return tuple(range(last - 3, last + 1))
-
-
 def start_from(src: Path, out: Path) -> None:
     """Copy the committed state to ``out/last.pt`` unless a run is there already."""
     from coda.checkpoint import load_checkpoint, save_checkpoint
@@ -137,16 +129,16 @@ def train_until(cfg, out: Path, stop_at, train_data, test_data, keep=(), chunk: 
     before (a chunk cut off by the deadline would be lost). Returns the last checkpoint.
     """
     from coda.checkpoint import load_checkpoint
-    from coda.train import compact_checkpoint, train
+    from coda.recipes import chunk_to_epoch_end, keep_epoch_state
+    from coda.train import train
 
     steps_per_epoch = len(train_data) // cfg.batch_size
     path = out / "last.pt"
     seconds_per_step = None
     while True:
         ckpt = load_checkpoint(path)
-        if ckpt["step"] == 0 and ckpt["epoch"] in keep and not (out / f"epoch-{ckpt['epoch']}.pt").exists():
-            compact_checkpoint(path, out / f"epoch-{ckpt['epoch']}.pt")
-        steps = min(chunk, steps_per_epoch - ckpt["step"])
+        keep_epoch_state(path, ckpt, keep)
+        steps = chunk_to_epoch_end(ckpt, chunk, steps_per_epoch)
         if seconds_per_step is not None:
             steps = min(steps, int((stop_at() - time.time()) / seconds_per_step))
         if ckpt["epoch"] >= cfg.epochs or time.time() > stop_at() or steps < 1:
@@ -167,16 +159,17 @@ def train_until(cfg, out: Path, stop_at, train_data, test_data, keep=(), chunk: 
 
 def job_long() -> None:
     """The recipe study's long run, from its committed state until 45 s before the deadline."""
-    from coda.recipes import get_recipe
+    from coda.recipes import end_epochs, get_recipe
 
-    cfg = get_recipe(LONG_RUN).config
+    recipe = get_recipe(LONG_RUN)
+    cfg = recipe.config
     out = WORK / LONG_RUN
     start_from(committed_state(), out)
     train_data, test = load_jpeg_data()
     t = time.time()
     report = {"recipe": LONG_RUN, "device": _device_name(), "from": _position(out / "last.pt")}
     write_report(report)  # pack() completes it if the deadline stops the job
-    last = train_until(cfg, out, lambda: deadline() - 45, train_data, test, keep=keep_epochs())
+    last = train_until(cfg, out, lambda: deadline() - 45, train_data, test, keep=end_epochs(recipe))
     write_report({**report, "to": _position(out / "last.pt"), "seconds": round(time.time() - t, 1),
                   "history": last["history"][-10:]})
     log("long", f"epoch {report['from']['epoch']} step {report['from']['step']} -> epoch {last['epoch']} "

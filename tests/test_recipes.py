@@ -69,6 +69,29 @@ def test_an_evaluation_a_killed_process_left_undone_is_done_at_the_restart(tiny)
     assert R.train_recipe("tiny", cpu_hours=1e-9, eval_every=1e9, chunk_steps=2, n_grids=2, **tiny) == []
 
 
+def test_chunks_end_at_epochs_and_the_last_epochs_states_are_kept(tiny):
+    # 6 steps of 8 per epoch; chunks of 5 are cut at the epoch's end: 5, 6, 11, 12.
+    rows = R.train_recipe("tiny", cpu_hours=1.0, eval_every=1e-9, chunk_steps=5, n_grids=2, **tiny)
+    assert [r["images"] for r in rows] == [40, 48, 88, 96]
+    assert R.end_epochs(TINY) == (1, 2)  # the last four of two
+    run = tiny["runs_dir"] / "tiny"
+    assert sorted(p.name for p in run.glob("epoch-*.pt")) == ["epoch-1.pt", "epoch-2.pt"]
+    for e in (1, 2):
+        kept = load_checkpoint(run / f"epoch-{e}.pt")
+        assert (kept["epoch"], kept["step"]) == (e, 0) and kept["optimizer"] is None
+    last = load_checkpoint(run / "last.pt")
+    end = load_checkpoint(run / "epoch-2.pt")["model"]
+    assert all(torch.equal(end[k], w.half() if w.is_floating_point() else w) for k, w in last["model"].items())
+    assert not all(torch.equal(load_checkpoint(run / "epoch-1.pt")["model"][k], end[k]) for k in end)
+    assert R.keep_epoch_state(run / "last.pt", last, R.end_epochs(TINY)) is None, "kept once"
+
+
+def test_end_epochs_are_the_last_four():
+    assert R.end_epochs(R.get_recipe("f32-b64-cosine")) == (57, 58, 59, 60)
+    assert R.chunk_to_epoch_end({"step": 700}, 200, 781) == 81
+    assert R.chunk_to_epoch_end(None, 200, 781) == 200
+
+
 def test_evaluation_due():
     rows = [{"images": 0, "cpu_hours": 0.0}, {"images": 640, "cpu_hours": 14.069}]
     assert not R._evaluation_due(rows, 640, 15.5, 1.0, end=True), "a row has these images"
