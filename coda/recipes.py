@@ -23,13 +23,13 @@ CPU-hours of training have passed; the rows go to ``results/recipes/<name>.json`
 
 Rerunning ``train`` with a larger ``--cpu-hours`` continues the same run (that is how the
 chosen recipe becomes the long run). Its chunks end at epoch boundaries, and the compact states
-after each of the run's last four epochs stay in ``runs/recipes/<name>/epoch-<e>.pt``: the
-weight average that the run's end is checked against (``average`` on those four files). A run outlives its machine only through git:
-``python -m coda.recipes save NAME`` writes its state as a compact checkpoint (float16 weights,
-no optimiser state; :func:`coda.train.compact_checkpoint`) to
-``data/training/recipes/<name>/last.pt``, to be committed, and ``train`` on a machine without
-``runs/recipes/<name>/`` continues from it with a fresh Adam whose learning rate is ramped up
-again over a quarter epoch.
+after each of the run's last four epochs stay in ``runs/recipes/<name>/epoch-<e>.pt``, for the
+weight average that the run's end is checked against (``average`` on those four files). A run
+outlives its machine only through git: ``python -m coda.recipes save NAME`` writes its state
+as a compact checkpoint (float16 weights, no optimiser state;
+:func:`coda.train.compact_checkpoint`) to ``data/training/recipes/<name>/last.pt``, to be
+committed, and ``train`` on a machine without ``runs/recipes/<name>/`` continues from it with a
+fresh Adam whose learning rate is ramped up again over a quarter epoch.
 """
 
 from __future__ import annotations
