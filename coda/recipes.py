@@ -236,11 +236,11 @@ def train_recipe(name: str, cpu_hours: float, eval_every: float = 0.5, chunk_ste
                  n_grids: int = N_GRIDS, state_dir: Path = STATE_DIR) -> list[dict]:
     """Train recipe ``name`` until its run has spent ``cpu_hours`` of training CPU time.
 
-    Trains in chunks of ``chunk_steps`` optimiser steps, cut short at the end of an epoch
-    (each ends with a checkpoint; the states after the run's last epochs are kept,
-    :func:`end_epochs`, :func:`keep_epoch_state`); a
-    checkpoint past another multiple of ``eval_every`` CPU-hours than the last evaluated row,
-    and the last one of the run or the budget, is evaluated (:func:`record_checkpoint`; its
+    Trains in chunks of ``chunk_steps`` optimiser steps, cut short at the end of an epoch;
+    each ends with a checkpoint, and those after the run's last epochs are kept
+    (:func:`end_epochs`, :func:`keep_epoch_state`). A checkpoint past another multiple of
+    ``eval_every`` CPU-hours than the last evaluated row, and the last one of the run or the
+    budget, is evaluated (:func:`record_checkpoint`; its
     CPU time is not counted as training), also when that is found at a restart. Resumable:
     the run lives in ``runs_dir/<name>/last.pt``; where that is missing (a fresh machine) and
     :func:`save_state` committed one in ``state_dir/<name>/last.pt``, the run continues from
@@ -261,14 +261,13 @@ def train_recipe(name: str, cpu_hours: float, eval_every: float = 0.5, chunk_ste
         print(f"{name}: continuing from {saved} (a compact state: fresh optimiser, learning rate re-warmed)",
               flush=True)
     trained = False  # whether this call has trained a chunk yet
-    steps_per_epoch = len(train_data) // recipe.config.batch_size
+    steps_per_epoch, keep = len(train_data) // recipe.config.batch_size, end_epochs(recipe)
     while True:
         ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-        if ckpt is not None:
-            keep_epoch_state(ckpt_path, ckpt, end_epochs(recipe))
         spent = ckpt.get("cpu_time", 0.0) / 3600 if ckpt is not None else 0.0
         finished = ckpt is not None and ckpt["epoch"] >= recipe.config.epochs
         if ckpt is not None:
+            keep_epoch_state(ckpt_path, ckpt, keep)
             rows = read_rows(name, results_dir)
             if _evaluation_due(rows, _images_seen(recipe.config, ckpt, len(train_data)), spent, eval_every,
                                end=finished or (trained and spent >= cpu_hours)):
