@@ -329,7 +329,9 @@ def at_equal_epochs(rows: Sequence[Mapping], reference: Sequence[Mapping], accur
     bracket the epoch (its nearest end outside its range). Returns one dict per row of
     ``rows`` with a localisation: ``epochs_done``, ``cpu_hours``, ``test_accuracy``,
     ``localisation_mean``, the reference's ``reference_accuracy`` and
-    ``reference_localisation``, and the differences ``accuracy_lead`` and ``localisation_lead``.
+    ``reference_localisation``, the differences ``accuracy_lead`` and ``localisation_lead``, and
+    ``reference_held``: the ``epochs_done`` of the reference's row whose values were held because
+    the epoch lies outside the reference's range, else None.
     With ``accuracy=False`` (rows that have none, like :func:`full_protocol_rows`) the three
     accuracy keys are left out.
     """
@@ -343,8 +345,10 @@ def at_equal_epochs(rows: Sequence[Mapping], reference: Sequence[Mapping], accur
             continue
         x = r.get("epochs_done", 0.0)
         ref_loc = float(np.interp(x, epochs, [q["localisation_mean"] for q in ref]))
+        held = epochs[0] if x < epochs[0] else epochs[-1] if x > epochs[-1] else None
         c = {"epochs_done": x, "cpu_hours": r["cpu_hours"], "localisation_mean": r["localisation_mean"],
-             "reference_localisation": ref_loc, "localisation_lead": r["localisation_mean"] - ref_loc}
+             "reference_localisation": ref_loc, "localisation_lead": r["localisation_mean"] - ref_loc,
+             "reference_held": held}
         if accuracy:
             ref_acc = float(np.interp(x, epochs, [q["test_accuracy"] for q in ref]))
             c.update(test_accuracy=r["test_accuracy"], reference_accuracy=ref_acc,
@@ -356,13 +360,14 @@ def at_equal_epochs(rows: Sequence[Mapping], reference: Sequence[Mapping], accur
 def comparison_table(name: str, reference: str, results_dir: Path = RESULTS_DIR) -> str:
     """``at_equal_epochs`` of two recipes' rows as a markdown table; below it a second table for
     their checkpoints on the full protocol (:func:`full_protocol_rows`), where the first recipe
-    has any and the reference at least two."""
+    has any and the reference at least two. A reference value held at the reference's first or
+    last row (the epoch outside its range) says so in its cell."""
     lines = [f"| epochs beyond the start | CPU-hours | {name} | {reference} at equal epochs | lead |",
              "|---:|---:|---:|---:|---:|"]
     for c in at_equal_epochs(read_rows(name, results_dir), read_rows(reference, results_dir)):
         lines.append(f"| {c['epochs_done']:.2f} | {c['cpu_hours']:.2f} | "
                      f"{100 * c['test_accuracy']:.2f}%, {c['localisation_mean']:.3f} | "
-                     f"{100 * c['reference_accuracy']:.2f}%, {c['reference_localisation']:.3f} | "
+                     f"{100 * c['reference_accuracy']:.2f}%, {c['reference_localisation']:.3f}{_held(c)} | "
                      f"{100 * c['accuracy_lead']:+.1f} points, {c['localisation_lead']:+.3f} |")
     full = [r for r in full_protocol_rows(name, results_dir) if r["localisation_mean"] is not None]
     reference_full = full_protocol_rows(reference, results_dir)
@@ -372,8 +377,14 @@ def comparison_table(name: str, reference: str, results_dir: Path = RESULTS_DIR)
                   "|---:|---:|---:|---:|---:|"]
         for c, r in zip(at_equal_epochs(full, reference_full, accuracy=False), full, strict=True):
             lines.append(f"| {c['epochs_done']:.2f} | {c['cpu_hours']:.2f} | {c['localisation_mean']:.3f} "
-                         f"({r['n_grids']} grids) | {c['reference_localisation']:.3f} | {c['localisation_lead']:+.3f} |")
+                         f"({r['n_grids']} grids) | {c['reference_localisation']:.3f}{_held(c)} | "
+                         f"{c['localisation_lead']:+.3f} |")
     return "\n".join(lines)
+
+
+def _held(c: Mapping) -> str:
+    """A table cell's note where ``at_equal_epochs`` held the reference's values at one of its rows."""
+    return "" if c["reference_held"] is None else f" (held: its row at {c['reference_held']:.2f} epochs)"
 
 
 def status(runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR) -> list[dict]:

@@ -340,6 +340,9 @@ def test_at_equal_epochs_reads_the_reference_linearly_between_its_rows():
     assert [c["reference_accuracy"] for c in out] == pytest.approx([0.81, 0.83, 0.84])
     assert [c["localisation_lead"] for c in out] == pytest.approx([0.04, 0.0, 0.02])
     assert [c["accuracy_lead"] for c in out] == pytest.approx([0.04, 0.0, 0.02])
+    assert [c["reference_held"] for c in out] == [None, None, 4.0]  # 6 epochs: held at the reference's last row
+    (before,) = R.at_equal_epochs([_row(-1.0, 0.5, 0.5)], reference)
+    assert before["reference_held"] == 0.0 and before["reference_localisation"] == pytest.approx(0.60)
     with pytest.raises(ValueError, match="at least 2 rows"):
         R.at_equal_epochs(rows, reference[:1])
 
@@ -357,6 +360,12 @@ def test_compare_prints_the_committed_long_runs_side_by_side(capsys):
     assert "all grids" in lines[0] and len(lines) == 2 + len(R.full_protocol_rows("f32-b64-cosine"))
     by_hand = 0.71376 + (26.248 - 22.102) / (31.855 - 22.102) * (0.74809 - 0.71376)
     assert lines[2] == f"| 26.25 | 18.19 | 0.770 (500 grids) | {by_hand:.3f} | {0.76977 - by_hand:+.3f} |"
+    # past the f16 run's last 500-grid state (41.50 epochs) its value is held there, and the cell says so
+    last = max(r["epochs_done"] for r in R.full_protocol_rows("f16-b64-cosine"))
+    for line in lines[2:]:
+        beyond = float(line.split("|")[1]) > last
+        assert ("(held: its row at 41.50 epochs)" in line) == beyond, line
+    assert any("held" in line for line in lines)  # the 43.75-epoch state (session 26) is past it
 
 
 def test_at_equal_epochs_without_accuracy_compares_localisation_only():
