@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -260,7 +261,8 @@ def load_model(spec: str, device: str | torch.device | None = None) -> tuple[CoD
     -------
     ``(model, info)``: the model in eval mode on ``device``, and a dict for the results
     record (name, source, SHA-256 of a checkpoint file, config; for a checkpoint also its epoch,
-    step and, where it recorded them, the training CPU-hours behind it).
+    step, where it recorded them the training CPU-hours behind it, and the git commit whose
+    version of the file it is, see :func:`committed_in`).
     """
     from coda import published  # the authors' models, downloaded on first use: imported only here
 
@@ -270,8 +272,8 @@ def load_model(spec: str, device: str | torch.device | None = None) -> tuple[CoD
         if not {"model_config", "model"} <= set(ckpt):
             raise ValueError(f"{path} is not a coda.train checkpoint (no 'model_config' and 'model' keys)")
         model = model_from_checkpoint(ckpt)
-        info = {"name": model_name(spec), "source": "checkpoint", "path": str(path), "sha256": sha256(path),
-                "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
+        info = {"name": model_name(spec), "source": "checkpoint", "path": _shown_path(path), "sha256": sha256(path),
+                "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "git_commit": committed_in(path)}
         if "cpu_time" in ckpt:  # how much training the evaluated state had had
             info["cpu_hours"] = round(ckpt["cpu_time"] / 3600, 3)
     elif spec in published.list_published():
@@ -286,6 +288,36 @@ def load_model(spec: str, device: str | torch.device | None = None) -> tuple[CoD
         info = {"name": spec, "source": "coda.pretrained", "sha256": entry["sha256"]}
     info["model_config"] = model.config.to_dict()
     return model.to(device).eval(), info
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the project when it lies inside it (no machine paths in records)."""
+    try:
+        return path.resolve().relative_to(PROJECT_ROOT.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def committed_in(path: str | Path) -> str | None:
+    """The git commit that last changed ``path``, if the file on disk is that commit's version.
+
+    Lets a results record name the committed training state it evaluated. ``None`` where that
+    cannot be said: git missing, ``path`` outside a repository or untracked, or the file
+    differing from its version at ``HEAD`` (a run that has trained on since its last commit).
+    """
+    path = Path(path).resolve()
+
+    def git(*args: str) -> str | None:
+        done = subprocess.run(["git", "-C", str(path.parent), *args], capture_output=True, text=True, timeout=60)
+        return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+    try:
+        committed = git("rev-parse", "--verify", "--quiet", f"HEAD:./{path.name}")
+        if committed is None or committed != git("hash-object", "--", path.name):
+            return None
+        return git("log", "-1", "--format=%H", "--", path.name)
+    except (OSError, subprocess.SubprocessError):  # no git on this machine, or it hung
+        return None
 
 
 def model_name(spec: str) -> str:

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import coda
-from coda.checkpoint import load_data, save_checkpoint
+from coda.checkpoint import load_checkpoint, load_data, save_checkpoint
 from coda.data import PROJECT_ROOT
 from coda.evaluate import (
     PUBLISHED,
@@ -553,6 +553,41 @@ def test_load_model_rejects_other_files(tmp_path):
         load_model(str(path))
     with pytest.raises(ValueError, match="not found"):
         load_model(str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_load_model_names_the_commit_that_holds_the_checkpoint(colour_world):
+    root, _, _ = colour_world
+    ckpt = root / "run" / "last.pt"
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    assert load_model(str(ckpt))[1]["git_commit"] is None  # not in a repository
+    git("init", "-q")
+    assert load_model(str(ckpt))[1]["git_commit"] is None  # untracked
+    git("add", "run/last.pt")
+    git("commit", "-q", "-m", "state one")
+    first = git("rev-parse", "HEAD")
+    (root / "other.txt").write_text("a later commit that leaves the checkpoint alone")
+    git("add", "other.txt")
+    git("commit", "-q", "-m", "other")
+    _, info = load_model(str(ckpt))
+    assert info["git_commit"] == first != git("rev-parse", "HEAD") and info["path"] == str(ckpt)
+    state = load_checkpoint(ckpt)
+    state["epoch"] = 1
+    save_checkpoint(state, ckpt)  # trained on since: no commit holds these bytes
+    assert load_model(str(ckpt))[1]["git_commit"] is None
+    git("commit", "-q", "-am", "state two")
+    assert load_model(str(ckpt))[1]["git_commit"] == git("rev-parse", "HEAD")
+
+
+def test_load_model_records_paths_inside_the_project_relative_to_it():
+    from coda.pretrained import _shown_path
+
+    assert _shown_path(PROJECT_ROOT / "data" / "training" / "x.pt") == "data/training/x.pt"
+    assert _shown_path(Path("/elsewhere/x.pt")) == "/elsewhere/x.pt"
 
 
 def test_published_numbers_are_keyed_by_explainer_names():
