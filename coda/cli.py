@@ -19,8 +19,10 @@ import argparse
 import contextvars
 import importlib
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 # command -> (module whose main(argv) runs it, one line of help)
 COMMANDS = {
@@ -46,6 +48,16 @@ def prog(module: str) -> str:
 
 
 DATA_PLACEHOLDER = "<data folder>"
+
+
+def git_output(cwd: str | Path, *args: str) -> str | None:
+    """The stripped output of ``git -C cwd ARGS``; ``None`` if it is empty, git fails (not a
+    repository, an unknown revision, ...), git is missing or it takes over a minute."""
+    try:
+        done = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def recorded_command(module: str, argv: Sequence[str]) -> str:

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -150,11 +149,7 @@ def versions() -> dict:
     import captum
     import numpy
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = cli.git_output(PROJECT_ROOT, "rev-parse", "HEAD")
     return {"python": platform.python_version(), "torch": str(torch.__version__), "captum": captum.__version__,
             "numpy": numpy.__version__, "platform": platform.platform(), "git_commit": commit}
 

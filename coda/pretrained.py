@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -306,18 +305,10 @@ def committed_in(path: str | Path) -> str | None:
     differing from its version at ``HEAD`` (a run that has trained on since its last commit).
     """
     path = Path(path).resolve()
-
-    def git(*args: str) -> str | None:
-        done = subprocess.run(["git", "-C", str(path.parent), *args], capture_output=True, text=True, timeout=60)
-        return (done.stdout.strip() or None) if done.returncode == 0 else None
-
-    try:
-        committed = git("rev-parse", "--verify", "--quiet", f"HEAD:./{path.name}")
-        if committed is None or committed != git("hash-object", "--", path.name):
-            return None
-        return git("log", "-1", "--format=%H", "--", path.name)
-    except (OSError, subprocess.SubprocessError):  # no git on this machine, or it hung
+    committed = cli.git_output(path.parent, "rev-parse", "--verify", "--quiet", f"HEAD:./{path.name}")
+    if committed is None or committed != cli.git_output(path.parent, "hash-object", "--", path.name):
         return None
+    return cli.git_output(path.parent, "log", "-1", "--format=%H", "--", path.name)
 
 
 def model_name(spec: str) -> str:

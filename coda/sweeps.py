@@ -239,8 +239,8 @@ def _load_run(name: str, cfg: TrainConfig, runs_dir: Path):
     if name in pretrained.list_retired():
         return None, None
     if run_status(name, cfg, runs_dir)["finished"]:
-        path = Path(runs_dir) / name / "last.pt"
-        return load_model(str(path))[0], str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path)
+        model, info = load_model(str(Path(runs_dir) / name / "last.pt"))
+        return model, info["path"]
     return None, None
 
 
