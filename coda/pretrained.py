@@ -24,6 +24,7 @@ Command line::
     python -m coda.pretrained export --checkpoint runs/NAME/last.pt --name NAME [--default]
     python -m coda.pretrained resave NAME [NAME ...] --storage float16   # re-store, re-measure
     python -m coda.pretrained retire NAME --reason TEXT [--commit HASH]
+    python -m coda.pretrained default NAME                                # the manifest's default
 """
 
 from __future__ import annotations
@@ -396,6 +397,16 @@ def export_pretrained(
     return path
 
 
+def set_default(name: str, root: str | os.PathLike | None = None) -> None:
+    """Make the shipped model ``name`` the default of :func:`load_pretrained` (only the manifest changes)."""
+    folder = pretrained_dir(root)
+    manifest = read_manifest(root)
+    if name not in manifest["models"]:
+        raise ValueError(f"no shipped model {name!r} in {folder / MANIFEST}; expected one of {sorted(manifest['models'])}")
+    manifest["default"] = name
+    write_json(manifest, folder / MANIFEST)
+
+
 def _manifest_entry(ckpt: dict, name: str, path: Path, model: CoDANet, metrics: dict, hardware: str) -> dict:
     from coda.train import TrainConfig, train_command  # the trainer, needed only to export
 
@@ -503,7 +514,8 @@ def retire_pretrained(name: str, reason: str, *, last_commit: str | None = None,
     if name not in manifest["models"]:
         raise ValueError(f"no shipped model {name!r} in {folder / MANIFEST}; expected one of {sorted(manifest['models'])}")
     if manifest.get("default") == name:
-        raise ValueError(f"{name!r} is the default model of {folder / MANIFEST}; choose another default first")
+        raise ValueError(f"{name!r} is the default model of {folder / MANIFEST}; choose another default "
+                         "first (python -m coda.pretrained default OTHER)")
     if not reason.strip():
         raise ValueError("give a reason for retiring the model (it goes into the card)")
     entry = manifest["models"].pop(name)
@@ -563,6 +575,11 @@ def _cmd_retire(a: argparse.Namespace) -> None:
     print(f"retired {a.name}: removed {pretrained_dir(a.root) / entry['file']}, kept its card and manifest entry")
 
 
+def _cmd_default(a: argparse.Namespace) -> None:
+    set_default(a.name, a.root)
+    print(f"{a.name} is now the default of coda.load_pretrained() ({pretrained_dir(a.root) / MANIFEST})")
+
+
 def _cmd_list(a: argparse.Namespace) -> None:
     manifest = read_manifest(a.root)
     if not manifest["models"]:
@@ -615,6 +632,10 @@ def main(argv: list[str] | None = None) -> None:
     rt.add_argument("--commit", help="the git commit that still holds the weights file")
     rt.add_argument("--root", help="folder of shipped models (default: data/pretrained)")
     rt.set_defaults(run=_cmd_retire)
+    df = sub.add_parser("default", help="make a shipped model the default of coda.load_pretrained()")
+    df.add_argument("name", help="shipped name")
+    df.add_argument("--root", help="folder of shipped models (default: data/pretrained)")
+    df.set_defaults(run=_cmd_default)
     for sp in (e, ev, rs):
         sp.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
         sp.add_argument("--device")

@@ -258,6 +258,20 @@ def test_second_export_keeps_the_default_unless_asked(shipped, checkpoint):
     assert P.default_name(shipped) == other
 
 
+def test_set_default_switches_the_default_without_touching_the_weights(shipped, checkpoint, capsys):
+    other = "cifar10-tiny-copy-T100"
+    P.export_pretrained(checkpoint, other, dest=shipped)
+    files = {p.name: p.read_bytes() for p in shipped.iterdir() if p.name != "manifest.json"}
+    with pytest.raises(ValueError, match=r"no shipped model 'nope-T1'.*cifar10-tiny-copy-T100"):
+        P.set_default("nope-T1", root=shipped)
+    assert P.default_name(shipped) == NAME
+    P.main(["default", other, "--root", str(shipped)])
+    assert P.default_name(shipped) == other and other in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in shipped.iterdir() if p.name != "manifest.json"} == files
+    P.retire_pretrained(NAME, "superseded", root=shipped)  # no longer the default: allowed
+    assert P.list_pretrained(shipped) == [other]
+
+
 # ----- load ------------------------------------------------------------------------------------
 
 
