@@ -21,7 +21,7 @@ Command line::
 
     python -m coda.pretrained list
     python -m coda.pretrained evaluate NAME
-    python -m coda.pretrained export --checkpoint runs/NAME/last.pt --name NAME [--default]
+    python -m coda.pretrained export --checkpoint runs/NAME/last.pt --name NAME [--default] [--hardware TEXT]
     python -m coda.pretrained resave NAME [NAME ...] --storage float16   # re-store, re-measure
     python -m coda.pretrained retire NAME --reason TEXT [--commit HASH]
     python -m coda.pretrained default NAME                                # the manifest's default
@@ -550,6 +550,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
         test_images=result["n"],
         notes=notes,
         default=a.default,
+        hardware=a.hardware,
         storage=a.storage,
     )
     print(f"wrote {path}, {path.with_suffix('.md')} and {path.parent / MANIFEST}")
@@ -606,6 +607,8 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--name", required=True, help="shipped name, ending in -T<temperature>")
     e.add_argument("--default", action="store_true", help="make it the default teaching model")
     e.add_argument("--notes-file", help="markdown for the card's 'Why this architecture' section")
+    e.add_argument("--hardware", help="the machines that trained it, for the card (default: this machine, "
+                   "which is right only if it trained the whole run)")
     e.add_argument("--dest", help="folder of shipped models (default: data/pretrained)")
     e.add_argument("--test-images", type=int, help="evaluate on the first N test images (default: all)")
     e.add_argument("--storage", choices=sorted(STORAGE_DTYPES), default=DEFAULT_STORAGE,

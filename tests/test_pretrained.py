@@ -366,9 +366,12 @@ def test_cli_export_evaluates_then_ships(checkpoint, tmp_path, capsys):
             "20",
             "--data",
             str(CIFAR_ROOT),
+            "--hardware",
+            "two CPUs, then a GPU",
         ]
     )
     entry = json.loads((dest / "manifest.json").read_text())["models"][NAME]
+    assert entry["hardware"] == "two CPUs, then a GPU" and "two CPUs, then a GPU" in (dest / f"{NAME}.md").read_text()
     expected = evaluate_accuracy(P.as_stored(reference_model(checkpoint)), load_cifar10("test", CIFAR_ROOT).first(20))
     assert entry["test_images"] == 20 and entry["test_accuracy"] == expected["accuracy"]
     assert "Because it is tiny." in (dest / f"{NAME}.md").read_text()
