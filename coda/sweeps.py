@@ -20,6 +20,7 @@ share the work instead of colliding::
     python -m coda.sweeps evaluate              # accuracy, localisation, pixel removal per run
                                                 # (each run once: results/sweeps/runs/<name>.json)
     python -m coda.sweeps layers                # localisation at every layer of the default model
+                                                # (each layer once: results/sweeps/tasks/layers.json)
     python -m coda.sweeps table                 # the README's markdown tables of the results
 
 Evaluation loads each run from the shipped models (``coda.pretrained``) if it is there, else
@@ -317,7 +318,7 @@ def evaluate_sweeps(sweeps, runs_dir: Path = RUNS_DIR, out: Path = RESULTS_DIR, 
 
 
 def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], seed: int = 0,
-                    layers: list[int] | None = None) -> list[dict]:
+                    layers: list[int] | None = None, cache: Path | None = None) -> list[dict]:
     """Localisation of the contributions at the input of CoDA layers (interpretable depth).
 
     ``layers``: the CoDA layer indices to explain (default: all); for a pure CoDA-Net the input
@@ -326,21 +327,51 @@ def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], 
     and the cells are scored at that resolution. Returns one row per layer: ``layer`` (the CoDA
     layer whose input is explained, an int; None for the image, the input of a pure CoDA-Net,
     as in ``coda.contributions(..., layer=None)``), localisation_mean, localisation_median, n_grids.
+
+    ``cache``: a JSON file that keeps each layer's row as soon as it is scored, with the settings
+    it depends on (weights fingerprint, n_grids, seed). Rows stored there with the same settings
+    are reused, so a call that was stopped resumes at the first layer it had not finished.
     """
     n = len(model.layers)
     layers = list(range(n)) if layers is None else sorted(set(layers))
     if not layers or not all(0 <= i < n for i in layers):
         raise ValueError(f"layers must be CoDA layer indices in [0, {n - 1}], got {layers}")
-    grids = make_grids(model, test, n_grids=n_grids, seed=seed)
-    rows = []
+    settings = {"weights": weights_fingerprint(model), "n_grids": n_grids, "seed": seed}
+    stored = _cached_layer_rows(cache, settings) if cache is not None else {}
+    grids, rows = None, []
     for i in layers:
+        if i in stored:
+            rows.append(stored[i])
+            print(f"-- layer {i}: already scored with these settings ({cache})", flush=True)
+            continue
+        if grids is None:
+            grids = make_grids(model, test, n_grids=n_grids, seed=seed)
         # For a pure CoDA-Net the input of layer 0 is the encoded image: plain "coda", layer None.
         layer, explainer = (None, "coda") if i == 0 and not len(model.stem) else (i, layer_explainer(i))
         loc = localisation_scores(model, grids, explainer)
         rows.append({"layer": layer, "localisation_mean": loc.mean, "localisation_median": loc.median,
                      "n_grids": len(grids)})
         print(json.dumps(rows[-1]), flush=True)
+        if cache is not None:
+            stored[i] = rows[-1]
+            write_json({"settings": settings, "rows": {str(k): stored[k] for k in sorted(stored)}}, cache)
     return rows
+
+
+def _cached_layer_rows(path: Path, settings: dict) -> dict[int, dict]:
+    """The rows a stopped :func:`evaluate_layers` call kept in ``path``, by CoDA layer index, if they
+    were scored with exactly ``settings``; else (or without the file) ``{}``."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+        if record.get("settings") != settings:
+            return {}
+        return {int(k): row for k, row in record["rows"].items()}
+    except (ValueError, KeyError, AttributeError, TypeError) as err:
+        raise ValueError(f"{path}: expected the per-layer cache of `coda.sweeps layers` (a JSON object with "
+                         f"'settings' and 'rows' by layer index); delete it to start over ({err})") from err
 
 
 def layer_text(layer: int | None, short: bool = False) -> str:
@@ -569,6 +600,8 @@ def main(argv: list[str] | None = None) -> None:
     layers.add_argument("--layers", type=int, nargs="+", help="CoDA layer indices (default: all)")
     layers.add_argument("--n-grids", type=int, default=EVAL_SIZES["n_grids"])
     layers.add_argument("--data", help="data folder (default: $CODA_DATA, else data/)")
+    layers.add_argument("--force", action="store_true",
+                        help="score every layer again (default: reuse the rows kept in OUT/tasks/ with these settings)")
     a = p.parse_args(argv)
     command = cli.recorded_command("coda.sweeps", sys.argv[1:] if argv is None else argv)
     if a.command == "train":
@@ -581,8 +614,12 @@ def main(argv: list[str] | None = None) -> None:
         from coda import pretrained
 
         model, info = load_model(a.model or pretrained.default_name())
-        rows = evaluate_layers(model, load_cifar10("test", a.data), a.n_grids, layers=a.layers)
-        _write_rows(rows, layers_stem(info["name"], a.out), command, {"model": info["name"], "n_grids": a.n_grids})
+        stem = layers_stem(info["name"], a.out)
+        cache = Path(a.out) / "tasks" / f"{stem.name}.json"
+        if a.force:
+            cache.unlink(missing_ok=True)
+        rows = evaluate_layers(model, load_cifar10("test", a.data), a.n_grids, layers=a.layers, cache=cache)
+        _write_rows(rows, stem, command, {"model": info["name"], "n_grids": a.n_grids})
     else:
         for name, cfg in all_runs(a.sweeps or SWEEPS).items():
             st = run_status(name, cfg, a.runs_dir)

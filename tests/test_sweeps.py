@@ -1,6 +1,7 @@
 """Sweep bookkeeping: run definitions, the shared centre run, status and resumption."""
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -359,6 +360,65 @@ def test_evaluate_layers_scores_each_layer_once(monkeypatch):
     for bad in ([], [len(model.layers)], [-1]):
         with pytest.raises(ValueError, match="layer indices"):
             evaluate_layers(model, _tiny_data(20), n_grids=1, layers=bad)
+
+
+def test_evaluate_layers_resumes_from_its_cache(tmp_path, monkeypatch):
+    from coda import sweeps
+    from coda.sweeps import evaluate_layers
+
+    monkeypatch.setattr("coda.sweeps.make_grids", _confident_grids)
+    scored, real = [], sweeps.localisation_scores
+
+    def counting(model, grids, explainer, **kw):
+        scored.append(explainer)
+        if len(scored) == stop_after:
+            raise KeyboardInterrupt  # the session ends in the middle of a call
+        return real(model, grids, explainer, **kw)
+
+    monkeypatch.setattr("coda.sweeps.localisation_scores", counting)
+    model, data, cache = build_model("cifar10-tiny").eval(), _tiny_data(20), tmp_path / "runs" / "layers.json"
+    n = len(model.layers)
+    stop_after = 3
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_layers(model, data, n_grids=1, cache=cache)
+    kept = json.loads(cache.read_text())["rows"]
+    assert sorted(kept, key=int) == ["0", "1"]  # the two layers scored before the stop
+    stop_after = 0
+    scored.clear()
+    rows = evaluate_layers(model, data, n_grids=1, cache=cache)
+    assert len(scored) == n - 2 and [r["layer"] for r in rows] == [None, *range(1, n)]  # only the rest
+    assert rows == evaluate_layers(model, data, n_grids=1)  # the same rows as one uninterrupted call
+    scored.clear()
+    assert evaluate_layers(model, data, n_grids=1, cache=cache) == rows and scored == []  # all kept
+    evaluate_layers(model, data, n_grids=2, cache=cache, layers=[1])  # other settings: scored again
+    assert len(scored) == 1
+    with torch.no_grad():
+        next(model.parameters()).mul_(2)
+    scored.clear()
+    evaluate_layers(model, data, n_grids=2, cache=cache, layers=[1])  # other weights: scored again
+    assert len(scored) == 1
+    cache.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="per-layer cache"):
+        evaluate_layers(model, data, n_grids=1, cache=cache)
+
+
+def test_layers_command_keeps_its_rows_in_the_tasks_folder(tmp_path, monkeypatch):
+    from coda import sweeps
+
+    seen = []
+    monkeypatch.setattr(sweeps, "evaluate_layers", lambda *a, cache=None, **k: seen.append(cache) or [
+        {"layer": None, "localisation_mean": 0.5}])
+    monkeypatch.setattr(sweeps, "load_cifar10", lambda split, data: None)
+    argv = ["layers", "--model", "cifar10-9L-S-f8-T1000", "--out", str(tmp_path)]
+    sweeps.main(argv)
+    cache = tmp_path / "tasks" / "layers-cifar10-9L-S-f8-T1000.json"
+    assert seen == [cache]
+    cache.parent.mkdir()
+    cache.write_text("{}")
+    sweeps.main(argv)
+    assert cache.exists()  # kept: the next call resumes from it
+    sweeps.main([*argv, "--force"])
+    assert not cache.exists() and seen == [cache] * 3  # --force: every layer is scored again
 
 
 def test_layers_of_the_default_model_and_of_others_go_to_separate_files(tmp_path):
