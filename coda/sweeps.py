@@ -260,12 +260,18 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _cached_row(path: Path, settings: dict) -> dict | None:
-    """The stored row of a run evaluated with exactly ``settings``, else None."""
+def _cached(path: Path, settings: dict, key: str, what: str):
+    """``record[key]`` of the JSON record in ``path`` (``what`` it is, for the error) if it was
+    stored with exactly ``settings``; None without the file or with other settings."""
+    path = Path(path)
     if not path.exists():
         return None
-    record = json.loads(path.read_text())
-    return record["row"] if record.get("settings") == settings else None
+    try:
+        record = json.loads(path.read_text())
+        return record[key] if record.get("settings") == settings else None
+    except (ValueError, KeyError, AttributeError) as err:
+        raise ValueError(f"{path}: expected {what} (a JSON object with 'settings' and {key!r}); "
+                         f"delete it to compute it again ({err})") from err
 
 
 def evaluate_sweeps(sweeps, runs_dir: Path = RUNS_DIR, out: Path = RESULTS_DIR, data_root=None,
@@ -292,7 +298,7 @@ def evaluate_sweeps(sweeps, runs_dir: Path = RUNS_DIR, out: Path = RESULTS_DIR, 
         settings = {"weights": weights_fingerprint(model), "config": cfg.to_dict(), "n_grids": n_grids,
                     "n_removal": n_removal, "seed": 0}
         cache = Path(out) / "runs" / f"{name}.json"
-        row = None if force and name in asked else _cached_row(cache, settings)
+        row = None if force and name in asked else _cached(cache, settings, "row", "a sweep run's stored row")
         if row is not None:
             if name in asked:
                 print(f"-- {name}: already evaluated with these settings ({cache})", flush=True)
@@ -336,8 +342,11 @@ def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], 
     layers = list(range(n)) if layers is None else sorted(set(layers))
     if not layers or not all(0 <= i < n for i in layers):
         raise ValueError(f"layers must be CoDA layer indices in [0, {n - 1}], got {layers}")
-    settings = {"weights": weights_fingerprint(model), "n_grids": n_grids, "seed": seed}
-    stored = _cached_layer_rows(cache, settings) if cache is not None else {}
+    stored = {}
+    if cache is not None:
+        settings = {"weights": weights_fingerprint(model), "n_grids": n_grids, "seed": seed}
+        kept = _cached(cache, settings, "rows", "the per-layer cache of `coda.sweeps layers`") or {}
+        stored = {int(k): row for k, row in kept.items()}
     grids, rows = None, []
     for i in layers:
         if i in stored:
@@ -356,22 +365,6 @@ def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], 
             stored[i] = rows[-1]
             write_json({"settings": settings, "rows": {str(k): stored[k] for k in sorted(stored)}}, cache)
     return rows
-
-
-def _cached_layer_rows(path: Path, settings: dict) -> dict[int, dict]:
-    """The rows a stopped :func:`evaluate_layers` call kept in ``path``, by CoDA layer index, if they
-    were scored with exactly ``settings``; else (or without the file) ``{}``."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    try:
-        record = json.loads(path.read_text())
-        if record.get("settings") != settings:
-            return {}
-        return {int(k): row for k, row in record["rows"].items()}
-    except (ValueError, KeyError, AttributeError, TypeError) as err:
-        raise ValueError(f"{path}: expected the per-layer cache of `coda.sweeps layers` (a JSON object with "
-                         f"'settings' and 'rows' by layer index); delete it to start over ({err})") from err
 
 
 def layer_text(layer: int | None, short: bool = False) -> str:
