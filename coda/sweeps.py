@@ -260,16 +260,16 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _cached(path: Path, settings: dict, key: str, what: str):
-    """``record[key]`` of the JSON record in ``path`` (``what`` it is, for the error) if it was
-    stored with exactly ``settings``; None without the file or with other settings."""
+def _cached(path: Path, settings: dict, key: str, what: str, parse=lambda value: value):
+    """``parse(record[key])`` of the JSON record in ``path`` (``what`` it is, for the error) if it
+    was stored with exactly ``settings``; None without the file or with other settings."""
     path = Path(path)
     if not path.exists():
         return None
     try:
         record = json.loads(path.read_text())
-        return record[key] if record.get("settings") == settings else None
-    except (ValueError, KeyError, AttributeError) as err:
+        return parse(record[key]) if record.get("settings") == settings else None
+    except (ValueError, KeyError, AttributeError, TypeError) as err:
         raise ValueError(f"{path}: expected {what} (a JSON object with 'settings' and {key!r}); "
                          f"delete it to compute it again ({err})") from err
 
@@ -345,8 +345,8 @@ def evaluate_layers(model: CoDANet, test, n_grids: int = EVAL_SIZES["n_grids"], 
     stored = {}
     if cache is not None:
         settings = {"weights": weights_fingerprint(model), "n_grids": n_grids, "seed": seed}
-        kept = _cached(cache, settings, "rows", "the per-layer cache of `coda.sweeps layers`") or {}
-        stored = {int(k): row for k, row in kept.items()}
+        stored = _cached(cache, settings, "rows", "the per-layer cache of `coda.sweeps layers`",
+                         parse=lambda rows: {int(k): row for k, row in rows.items()}) or {}
     grids, rows = None, []
     for i in layers:
         if i in stored:

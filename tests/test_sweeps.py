@@ -397,6 +397,11 @@ def test_evaluate_layers_resumes_from_its_cache(tmp_path, monkeypatch):
     scored.clear()
     evaluate_layers(model, data, n_grids=2, cache=cache, layers=[1])  # other weights: scored again
     assert len(scored) == 1
+    record = json.loads(cache.read_text())
+    for rows in ([1, 2], {"first": {}}):  # this model's settings, rows not by layer index
+        cache.write_text(json.dumps({**record, "rows": rows}))
+        with pytest.raises(ValueError, match="per-layer cache"):
+            evaluate_layers(model, data, n_grids=2, cache=cache, layers=[1])
     cache.write_text("[1, 2]")
     with pytest.raises(ValueError, match="per-layer cache"):
         evaluate_layers(model, data, n_grids=1, cache=cache)
